@@ -1,0 +1,51 @@
+# The two commands of the README: `make demo` and `make test`.
+# Both work from a fresh clone with only Python >= 3.10 and make: they build .venv themselves.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTAG := $(shell $(PYTHON) -c 'import sys; print("py%d%d" % sys.version_info[:2])' 2>/dev/null)
+TOX_ENVS := $(PYTAG)-django52,lint,types
+ifeq ($(CI),true)
+TOX_ENVS := $(TOX_ENVS),pg
+endif
+
+.PHONY: demo test quick lint types postgres bench soak clean
+
+$(BIN)/.installed: setup.cfg pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python >= 3.10 is required (set PYTHON=...)")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+## make demo: the example project on SQLite against the bundled fake Customer.io server
+demo: $(BIN)/.installed
+	$(BIN)/python example_project/demo.py $(ARGS)
+
+## make test: the default interpreter's tox env, lint, types, and with CI=true PostgreSQL too
+test: $(BIN)/.installed
+ifeq ($(CI),true)
+	$(MAKE) postgres
+endif
+	$(BIN)/tox run -e $(TOX_ENVS)
+
+## make quick: the test suite in .venv on SQLite, no tox (for development)
+quick: $(BIN)/.installed
+	$(BIN)/python -m pytest $(ARGS)
+
+lint: $(BIN)/.installed
+	$(BIN)/tox run -e lint
+
+types: $(BIN)/.installed
+	$(BIN)/tox run -e types
+
+## start the local PostgreSQL cluster when it is down (CI machines)
+postgres:
+	@pg_isready -q -h 127.0.0.1 -p 5432 || { \
+		command -v pg_ctlcluster >/dev/null && \
+		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start; }
+	@pg_isready -h 127.0.0.1 -p 5432
+
+clean:
+	rm -rf $(VENV) .tox build dist *.egg-info

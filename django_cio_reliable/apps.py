@@ -1,0 +1,17 @@
+"""Django app configuration."""
+
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class CioReliableConfig(AppConfig):
+    """Registers the system checks and signal receivers; performs no I/O."""
+
+    name = "django_cio_reliable"
+    label = "django_cio_reliable"
+    verbose_name = "Customer.io delivery"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from django_cio_reliable import checks, conf  # noqa: F401

@@ -1,0 +1,80 @@
+"""Exceptions raised by django-cio-reliable."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+DeliveryErrorKind = Literal["transient", "rate_limited", "auth", "permanent", "timeout", "network"]
+
+
+class InvalidOperation(ValueError):
+    """An operation Customer.io would reject; raised at the call site, nothing is stored.
+
+    Attributes:
+        field: The offending field, e.g. ``"attributes.email"`` or ``"customer_id"``.
+        limit: The documented limit, as text (``"150 bytes"``), or ``None``.
+        actual: What was found (``"151 bytes"``), or ``None``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str,
+        limit: str | None = None,
+        actual: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.field = field
+        self.limit = limit
+        self.actual = actual
+
+
+class DeliveryError(Exception):
+    """A request to Customer.io failed.
+
+    The message never contains the request payload or the API key.
+
+    Attributes:
+        kind: ``transient``, ``rate_limited``, ``auth``, ``permanent``, ``timeout`` or
+            ``network``.
+        status: The HTTP status code, or ``None`` when no response arrived.
+        retry_after: Seconds to wait before the next request, from ``Retry-After``.
+        reason: A short, redacted description (the server's error message at most).
+    """
+
+    def __init__(
+        self,
+        kind: DeliveryErrorKind,
+        reason: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.kind: DeliveryErrorKind = kind
+        self.status = status
+        self.retry_after = retry_after
+        self.reason = reason
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        status = f"HTTP {self.status}" if self.status is not None else "no response"
+        text = f"{self.kind} ({status}): {self.reason}"
+        if self.retry_after is not None:
+            text += f" [retry after {self.retry_after:g}s]"
+        return text
+
+    @property
+    def is_transient(self) -> bool:
+        """Whether retrying later may succeed (everything but ``permanent`` and ``auth``)."""
+        return self.kind in ("transient", "rate_limited", "timeout", "network")
+
+    def __repr__(self) -> str:
+        return (
+            f"DeliveryError(kind={self.kind!r}, status={self.status!r}, "
+            f"retry_after={self.retry_after!r}, reason={self.reason!r})"
+        )
+
+
+class ConfigurationError(Exception):
+    """django-cio-reliable is configured in a way it cannot work with."""

@@ -1,0 +1,30 @@
+"""Shared fixtures: a real FakeCustomerIO server and settings pointing at it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.conf import settings as django_settings
+
+from django_cio_reliable.testing import FakeCustomerIO
+
+SITE_ID = "test-site"
+API_KEY = "test-api-key-0123456789"
+
+
+@pytest.fixture(scope="session")
+def fake_cio_server() -> Iterator[FakeCustomerIO]:
+    """One FakeCustomerIO for the whole session; ``fake_cio`` resets it for every test."""
+    with FakeCustomerIO(site_id=SITE_ID, api_key=API_KEY) as server:
+        yield server
+
+
+@pytest.fixture
+def fake_cio(fake_cio_server: FakeCustomerIO, settings: Any) -> Iterator[FakeCustomerIO]:
+    """A clean FakeCustomerIO, with ``CIO_RELIABLE["TRACK_URL"]`` pointing at it."""
+    fake_cio_server.reset()
+    settings.CIO_RELIABLE = {**django_settings.CIO_RELIABLE, "TRACK_URL": fake_cio_server.url}
+    yield fake_cio_server
+    fake_cio_server.reset()
