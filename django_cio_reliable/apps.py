@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 
 
 class CioReliableConfig(AppConfig):
@@ -15,3 +16,8 @@ class CioReliableConfig(AppConfig):
 
     def ready(self) -> None:
         from django_cio_reliable import checks, conf  # noqa: F401
+        from django_cio_reliable.dispatch import ensure_schedules
+
+        post_migrate.connect(
+            ensure_schedules, sender=self, dispatch_uid="django_cio_reliable.ensure_schedules"
+        )

@@ -17,17 +17,17 @@ class Operation(models.Model):
     """
 
     class Kind(models.TextChoices):
-        IDENTIFY = "identify", _("identify")
-        TRACK = "track", _("track")
-        TRACK_ANONYMOUS = "track_anonymous", _("track anonymous")
-        DELETE = "delete", _("delete")
+        IDENTIFY = "identify"
+        TRACK = "track"
+        TRACK_ANONYMOUS = "track_anonymous"
+        DELETE = "delete"
 
     class Status(models.TextChoices):
-        PENDING = "pending", _("pending")
-        SENDING = "sending", _("sending")
-        FAILED = "failed", _("failed, will retry")
-        DELIVERED = "delivered", _("delivered")
-        DEAD = "dead", _("dead")
+        PENDING = "pending"
+        SENDING = "sending"
+        FAILED = "failed"
+        DELIVERED = "delivered"
+        DEAD = "dead"
 
     #: Statuses of an operation that still has to be delivered.
     OPEN_STATUSES = (Status.PENDING, Status.SENDING, Status.FAILED)
@@ -99,3 +99,33 @@ class IdempotencyKey(models.Model):
 
     def __str__(self) -> str:
         return self.key
+
+
+class DeliveryState(models.Model):
+    """Delivery state shared by every process, one row per destination.
+
+    Holds the pause every worker honours after a 429 or a 401/403, and the shared request-rate
+    limiter (a GCRA "theoretical arrival time", in Unix seconds).
+    """
+
+    class PauseReason(models.TextChoices):
+        NONE = ""
+        RATE_LIMITED = "rate_limited"
+        AUTH = "auth"
+
+    destination = models.CharField(max_length=300, unique=True)
+    paused_until = models.DateTimeField(null=True, blank=True)
+    pause_reason = models.CharField(
+        max_length=20, choices=PauseReason.choices, blank=True, default=""
+    )
+    auth_failed_at = models.DateTimeField(null=True, blank=True)
+    auth_error = models.TextField(blank=True)
+    rate_tat = models.FloatField(default=0.0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = _("delivery state")
+        verbose_name_plural = _("delivery states")
+
+    def __str__(self) -> str:
+        return self.destination.split("#", 1)[0]

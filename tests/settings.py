@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,13 @@ else:
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": os.environ.get("CIO_SQLITE_NAME", str(BASE_DIR / "cio_tests.sqlite3")),
             "OPTIONS": {"timeout": 30, "transaction_mode": "IMMEDIATE"},
-            "TEST": {"NAME": os.environ.get("CIO_SQLITE_TEST_NAME", "")},
+            # A file, not memory: the concurrency and crash tests share it with child processes.
+            "TEST": {
+                "NAME": os.environ.get(
+                    "CIO_SQLITE_TEST_NAME",
+                    os.path.join(tempfile.gettempdir(), f"cio_reliable_test_{os.getpid()}.sqlite3"),
+                )
+            },
         }
     }
 

@@ -1,0 +1,177 @@
+"""The public calls: ``identify``, ``track``, ``track_anonymous`` and ``delete``.
+
+Each validates its input (:class:`~django_cio_reliable.exceptions.InvalidOperation` at the call
+site, nothing stored), stores one operation in the caller's database transaction and returns it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from django_cio_reliable import validation
+from django_cio_reliable.conf import app_settings
+from django_cio_reliable.idempotency import DERIVE, _Derive, derive_key, validate_key
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from datetime import datetime
+
+    from django_cio_reliable.models import Operation
+
+log = logging.getLogger(__name__)
+
+#: Window of content-derived keys (``idempotency_key=DERIVE``), in seconds.
+DERIVED_KEY_WINDOW = 300.0
+
+
+def _key(
+    value: str | _Derive | None, kind: str, customer_id: str, payload: Mapping[str, Any]
+) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, _Derive):
+        from django_cio_reliable.outbox import person_key
+
+        return derive_key(kind, person_key(kind, customer_id), payload, window=DERIVED_KEY_WINDOW)
+    return validate_key(value)
+
+
+def _store(
+    kind: str,
+    customer_id: str,
+    payload: dict[str, Any],
+    *,
+    name: str = "",
+    idempotency_key: str | _Derive | None,
+) -> Operation:
+    from django_cio_reliable import outbox
+
+    key = _key(idempotency_key, kind, customer_id, payload)
+    size = validation.json_bytes(payload)
+    if app_settings.DELIVERY == "direct":
+        from django_cio_reliable import direct
+
+        return direct.send_or_store(
+            kind, customer_id, payload, name=name, idempotency_key=key, payload_bytes=size
+        )
+    return outbox.enqueue(
+        kind, customer_id, payload, name=name, idempotency_key=key, payload_bytes=size
+    )
+
+
+def identify(
+    customer_id: str | int,
+    attributes: Mapping[str, Any] | None = None,
+    *,
+    idempotency_key: str | _Derive | None = None,
+) -> Operation:
+    """Create or update a person in Customer.io.
+
+    Args:
+        customer_id: The person's id (at most 150 bytes).
+        attributes: Attributes to set (at most 300; names up to 150 bytes, values up to 1000).
+        idempotency_key: One operation per key within ``IDEMPOTENCY_TTL``; ``DERIVE`` derives
+            it from the content and a 5-minute window.
+
+    Returns:
+        The stored :class:`~django_cio_reliable.models.Operation`.
+
+    Raises:
+        InvalidOperation: The input breaks a Customer.io limit; nothing was stored.
+    """
+    cid = validation.customer_id(customer_id)
+    attrs = validation.attributes(attributes)
+    return _store("identify", cid, {"attributes": attrs}, idempotency_key=idempotency_key)
+
+
+def track(
+    customer_id: str | int,
+    name: str,
+    data: Mapping[str, Any] | None = None,
+    *,
+    idempotency_key: str | _Derive | None = None,
+    timestamp: int | datetime | None = None,
+) -> Operation:
+    """Record an event for a person.
+
+    The operation carries a ULID event ``id`` minted now and reused by every retry and replay,
+    so Customer.io deduplicates a re-send.
+
+    Args:
+        customer_id: The person's id (at most 150 bytes).
+        name: The event name (at most 100 bytes).
+        data: Event data (at most 100,000 bytes as JSON).
+        idempotency_key: One operation per key within ``IDEMPOTENCY_TTL``; ``DERIVE`` derives
+            it from the content and a 5-minute window.
+        timestamp: When the event happened (Unix seconds or a datetime); default: when sent.
+
+    Returns:
+        The stored :class:`~django_cio_reliable.models.Operation`.
+
+    Raises:
+        InvalidOperation: The input breaks a Customer.io limit; nothing was stored.
+    """
+    cid = validation.customer_id(customer_id)
+    event = validation.event_name(name)
+    payload: dict[str, Any] = {"name": event, "data": validation.event_data(data)}
+    ts = validation.timestamp(timestamp)
+    if ts is not None:
+        payload["timestamp"] = ts
+    return _store("track", cid, payload, name=event, idempotency_key=idempotency_key)
+
+
+def track_anonymous(
+    anonymous_id: str | int,
+    name: str,
+    data: Mapping[str, Any] | None = None,
+    *,
+    idempotency_key: str | _Derive | None = None,
+    timestamp: int | datetime | None = None,
+) -> Operation:
+    """Record an event for a visitor who is not identified yet.
+
+    Args:
+        anonymous_id: The visitor's anonymous id (at most 150 bytes).
+        name: The event name (at most 100 bytes).
+        data: Event data (at most 100,000 bytes as JSON).
+        idempotency_key: As for :func:`track`.
+        timestamp: As for :func:`track`.
+
+    Returns:
+        The stored :class:`~django_cio_reliable.models.Operation`.
+
+    Raises:
+        InvalidOperation: The input breaks a Customer.io limit; nothing was stored.
+    """
+    aid = validation.customer_id(anonymous_id, field="anonymous_id")
+    event = validation.event_name(name)
+    payload: dict[str, Any] = {
+        "anonymous_id": aid,
+        "name": event,
+        "data": validation.event_data(data),
+    }
+    ts = validation.timestamp(timestamp)
+    if ts is not None:
+        payload["timestamp"] = ts
+    return _store("track_anonymous", aid, payload, name=event, idempotency_key=idempotency_key)
+
+
+def delete(customer_id: str | int, *, idempotency_key: str | _Derive | None = None) -> Operation:
+    """Delete a person from Customer.io.
+
+    Args:
+        customer_id: The person's id.
+        idempotency_key: As for :func:`identify`.
+
+    Returns:
+        The stored :class:`~django_cio_reliable.models.Operation`.
+
+    Raises:
+        InvalidOperation: The customer id is empty or too long; nothing was stored.
+    """
+    cid = validation.customer_id(customer_id)
+    return _store("delete", cid, {}, idempotency_key=idempotency_key)
+
+
+__all__ = ["DERIVE", "delete", "identify", "track", "track_anonymous"]

@@ -1,0 +1,87 @@
+"""``DELIVERY="direct"``: send in the request, store for the drain on any failure.
+
+The operation is stored first (in the caller's transaction), then sent at once with at most
+``DIRECT_ATTEMPTS`` tries, each bounded by the configured timeouts. Success marks it delivered;
+any failure leaves it to the drain (or dead-letters it for a permanent error). Unlike the
+outbox mode, a crash in the middle of the call, or a rollback after it, cannot undo a request
+that already reached Customer.io.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import timedelta
+from typing import Any
+
+from django_cio_reliable import clock, outbox
+from django_cio_reliable.conf import app_settings
+from django_cio_reliable.exceptions import DeliveryError
+from django_cio_reliable.models import Operation
+from django_cio_reliable.retry import RetryPolicy, classify
+from django_cio_reliable.transport import get_transport
+
+log = logging.getLogger(__name__)
+
+
+def send_or_store(
+    kind: str,
+    customer_id: str,
+    payload: dict[str, Any],
+    *,
+    name: str = "",
+    idempotency_key: str | None = None,
+    payload_bytes: int = 0,
+) -> Operation:
+    """Store the operation, try to deliver it now, and leave it to the drain if that fails."""
+    operation, created = outbox.enqueue_ex(
+        kind,
+        customer_id,
+        payload,
+        name=name,
+        idempotency_key=idempotency_key,
+        payload_bytes=payload_bytes,
+    )
+    if not created:
+        return operation
+    if outbox.paused_until()[0] is not None:
+        return operation
+    now = clock.now()
+    token = secrets.token_hex(16)
+    lease = timedelta(seconds=app_settings.LEASE_SECONDS)
+    claimed = Operation.objects.filter(pk=operation.pk, status=Operation.Status.PENDING).update(
+        status=Operation.Status.SENDING, lease_token=token, lease_expires_at=now + lease
+    )
+    if not claimed:
+        return operation
+    claim = outbox.Claim(token=token, operations=[operation])
+    transport = get_transport()
+    deliverer = outbox.Deliverer(
+        transport=transport,
+        policy=RetryPolicy.from_settings(),
+        limiter=outbox.RateLimiter(),
+    )
+    result = outbox.DrainResult(claimed=1)
+    last_error: DeliveryError | None = None
+    for attempt in range(1, max(1, app_settings.DIRECT_ATTEMPTS) + 1):
+        Operation.objects.filter(pk=operation.pk, lease_token=token).update(attempts=attempt)
+        operation.attempts = attempt
+        try:
+            transport.send(kind, customer_id, operation.payload)  # type: ignore[arg-type]
+        except DeliveryError as error:
+            last_error = error
+            if classify(error) != "retry":
+                break
+            continue
+        outbox.ack_delivered(claim, [operation])
+        return operation
+    if last_error is not None:
+        log.info(
+            "cio: direct send of operation %s failed (%s, status %s); left to the drain",
+            operation.pk,
+            last_error.kind,
+            last_error.status,
+        )
+        deliverer._handle_error(claim, [operation], last_error, result)
+        operation.refresh_from_db()
+    return operation

@@ -1,0 +1,149 @@
+"""Get committed operations delivered within about a second.
+
+- ``DISPATCH="task"`` (default): after commit, kick a django-q2 task that drains the outbox.
+  Kicks are debounced per process (at most one every ``KICK_DEBOUNCE`` seconds, with one
+  trailing kick so the last commit of a burst is not left waiting for the schedule).
+- ``DISPATCH="inline"``: after commit, deliver the transaction's operations in the committing
+  thread. Simple, but the request waits for Customer.io.
+
+Whatever is missed (a process that died before its kick, a kick lost with a broker) is drained by
+the django-q2 schedule that :func:`ensure_schedules` creates after ``migrate``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from django_cio_reliable.conf import app_settings, on_reset
+
+if TYPE_CHECKING:
+    from django_cio_reliable.models import Operation
+
+log = logging.getLogger(__name__)
+
+DRAIN_TASK = "django_cio_reliable.tasks.drain"
+PURGE_TASK = "django_cio_reliable.tasks.purge"
+DRAIN_SCHEDULE_NAME = "django_cio_reliable: drain the outbox"
+PURGE_SCHEDULE_NAME = "django_cio_reliable: purge old operations"
+
+
+class _Kicker:
+    """Debounced django-q2 task kicks, one state per process."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pid = os.getpid()
+        self.last = float("-inf")
+        self.timer: threading.Timer | None = None
+        self.sent = 0
+
+    def _check_fork(self) -> None:
+        if self.pid != os.getpid():
+            self.pid = os.getpid()
+            self.last = float("-inf")
+            self.timer = None
+
+    def kick(self) -> None:
+        debounce = app_settings.KICK_DEBOUNCE
+        with self.lock:
+            self._check_fork()
+            now = time.monotonic()
+            wait = self.last + debounce - now
+            if wait <= 0:
+                self.last = now
+                send = True
+            else:
+                send = False
+                if self.timer is None:
+                    self.timer = threading.Timer(wait, self._trailing)
+                    self.timer.daemon = True
+                    self.timer.start()
+        if send:
+            self._send()
+
+    def _trailing(self) -> None:
+        with self.lock:
+            self.timer = None
+            self.last = time.monotonic()
+        self._send()
+
+    def _send(self) -> None:
+        try:
+            from django_q.tasks import async_task
+
+            async_task(DRAIN_TASK, task_name="cio-drain-kick", group="django_cio_reliable")
+            self.sent += 1
+        except Exception as exc:
+            # The operation is stored; the schedule will drain it. Never fail the request.
+            log.warning("cio: could not kick the drain task (%s); the schedule will", exc)
+
+    def reset(self) -> None:
+        with self.lock:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = None
+            self.last = float("-inf")
+
+
+kicker = _Kicker()
+on_reset(kicker.reset)
+
+_inline = threading.local()
+
+
+def operation_committed(operation: Operation) -> None:
+    """Called once the transaction that stored ``operation`` committed."""
+    if operation.status not in ("pending", "failed"):
+        return
+    if app_settings.DISPATCH == "inline":
+        _deliver_inline(operation.pk)
+    else:
+        kicker.kick()
+
+
+def _deliver_inline(operation_id: int) -> None:
+    pending: list[int] = getattr(_inline, "pending", None) or []
+    pending.append(operation_id)
+    _inline.pending = pending
+    if getattr(_inline, "running", False):
+        return
+    _inline.running = True
+    try:
+        from django_cio_reliable import outbox
+
+        while _inline.pending:
+            ids, _inline.pending = _inline.pending, []
+            try:
+                outbox.drain(ids=ids, max_seconds=app_settings.TIMEOUT * 2 + 5)
+            except Exception:
+                # Stored and committed: the schedule delivers it later. Never fail the request.
+                log.exception("cio: inline delivery failed; the drain schedule will retry")
+    finally:
+        _inline.running = False
+
+
+def ensure_schedules(**kwargs: Any) -> None:
+    """Create or update the django-q2 schedules (idempotent; connected to ``post_migrate``)."""
+    try:
+        from django_q.models import Schedule
+    except Exception:  # pragma: no cover - reported by the checks
+        return
+    using = kwargs.get("using") or "default"
+    minutes = max(1, app_settings.DRAIN_SCHEDULE_MINUTES)
+    Schedule.objects.using(using).update_or_create(
+        name=DRAIN_SCHEDULE_NAME,
+        defaults={
+            "func": DRAIN_TASK,
+            "schedule_type": Schedule.MINUTES,
+            "minutes": minutes,
+            "repeats": -1,
+        },
+    )
+    Schedule.objects.using(using).update_or_create(
+        name=PURGE_SCHEDULE_NAME,
+        defaults={"func": PURGE_TASK, "schedule_type": Schedule.HOURLY, "repeats": -1},
+    )

@@ -1,0 +1,171 @@
+"""Idempotency keys and event ids.
+
+- An explicit ``idempotency_key`` yields one operation per key within ``IDEMPOTENCY_TTL``: the
+  key is reserved by a unique :class:`~django_cio_reliable.models.IdempotencyKey` row inserted in
+  the same transaction as the operation, so two processes racing with one key get one operation.
+- A ``cachetools`` TTL cache answers repeats in-process without a query. It is filled only after
+  the reserving transaction commits, so a rolled-back operation is never answered from it.
+- Content-derived keys are opt-in (:data:`DERIVE`): two identical ``page_viewed`` events are
+  usually two page views, so deriving keys from content by default would drop real events.
+- Every ``track`` carries a ULID event id minted at enqueue, reused by every retry and replay; with
+  an idempotency key its random part is derived from the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+from cachetools import TTLCache
+
+from django_cio_reliable import conf
+from django_cio_reliable.exceptions import InvalidOperation
+
+if TYPE_CHECKING:
+    from django_cio_reliable.models import Operation
+
+KEY_MAX_LENGTH: Final = 255
+_CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+class _Derive:
+    """Sentinel type of :data:`DERIVE`."""
+
+    _instance: _Derive | None = None
+
+    def __new__(cls) -> _Derive:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "DERIVE"
+
+
+#: Pass as ``idempotency_key`` to derive the key from the operation's content and time window.
+DERIVE: Final = _Derive()
+
+
+def encode_ulid(timestamp_ms: int, randomness: int) -> str:
+    """Encode a 48-bit millisecond timestamp and 80 random bits as a 26-character ULID."""
+    if not 0 <= timestamp_ms < 2**48:
+        raise ValueError("ULID timestamp out of range")
+    value = (timestamp_ms << 80) | (randomness & ((1 << 80) - 1))
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def new_event_id(key: str | None = None, *, now: float | None = None) -> str:
+    """Mint a ULID event id; its random part comes from ``key`` when one is given."""
+    timestamp_ms = int((time.time() if now is None else now) * 1000)
+    if key is None:
+        randomness = int.from_bytes(os.urandom(10), "big")
+    else:
+        digest = hashlib.sha256(b"cio-event-id\0" + key.encode("utf-8")).digest()
+        randomness = int.from_bytes(digest[:10], "big")
+    return encode_ulid(timestamp_ms, randomness)
+
+
+def validate_key(value: object, *, field: str = "idempotency_key") -> str:
+    """Check an explicit idempotency key: a non-empty string of at most 255 characters."""
+    if not isinstance(value, str):
+        raise InvalidOperation(
+            f"{field} must be a string, got {type(value).__name__}", field=field, limit="str"
+        )
+    if not value.strip():
+        raise InvalidOperation(f"{field} must not be empty", field=field, limit="non-empty")
+    if len(value) > KEY_MAX_LENGTH:
+        raise InvalidOperation(
+            f"{field} is {len(value)} characters; the limit is {KEY_MAX_LENGTH}",
+            field=field,
+            limit=f"{KEY_MAX_LENGTH} characters",
+            actual=f"{len(value)} characters",
+        )
+    return value
+
+
+def derive_key(
+    kind: str,
+    person_key: str,
+    payload: Mapping[str, Any],
+    *,
+    window: float,
+    now: float | None = None,
+) -> str:
+    """A key derived from the operation's content and the ``window``-second slot it falls in.
+
+    Two identical operations in the same slot share the key; across a slot boundary they do
+    not, so the window bounds, but does not guarantee, deduplication of accidental repeats.
+    """
+    current = time.time() if now is None else now
+    slot = int(current // window) if window > 0 else 0
+    content = {k: v for k, v in payload.items() if k not in ("id", "timestamp")}
+    canonical = json.dumps(
+        [kind, person_key, content], sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return f"derived:{slot}:{digest}"
+
+
+class KeyCache:
+    """In-process TTL cache from idempotency key to its operation, safe across threads and forks.
+
+    It holds a snapshot of the operation as it was enqueued, so a repeat returns without a query.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._cache: TTLCache[str, Operation] | None = None
+
+    def _get_cache(self) -> TTLCache[str, Operation] | None:
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._cache = None
+        if self._cache is None:
+            size = conf.app_settings.IDEMPOTENCY_CACHE_SIZE
+            if size <= 0:
+                return None
+            # Shorter than the key's TTL: an entry never outlives the row it stands for.
+            ttl = max(1.0, min(conf.app_settings.IDEMPOTENCY_TTL, 3600.0))
+            self._cache = TTLCache(maxsize=size, ttl=ttl)
+        return self._cache
+
+    def get(self, key: str) -> Operation | None:
+        """A copy of the operation reserved under ``key``, if this process has seen it."""
+        with self._lock:
+            cache = self._get_cache()
+            found = None if cache is None else cache.get(key)
+        return None if found is None else copy.copy(found)
+
+    def put(self, key: str, operation: Operation) -> None:
+        """Remember ``key`` → ``operation`` (call only after the reservation committed)."""
+        with self._lock:
+            cache = self._get_cache()
+            if cache is not None:
+                cache[key] = copy.copy(operation)
+
+    def discard(self, key: str) -> None:
+        """Forget ``key``."""
+        with self._lock:
+            cache = self._get_cache()
+            if cache is not None:
+                cache.pop(key, None)
+
+    def clear(self) -> None:
+        """Forget everything (also rebuilds the cache from settings on next use)."""
+        with self._lock:
+            self._cache = None
+
+
+key_cache: Final = KeyCache()
+conf.on_reset(key_cache.clear)

@@ -1,0 +1,709 @@
+"""``manage.py cio_replay``: requeue dead (or other) operations, or deliver them right now.
+
+Exit codes: 0 success (including a dry run and "nothing matched"); 1 ``--now`` left operations
+failed or dead again, or stopped early; 2 bad arguments; 3 ``--now`` refused (delivery is
+paused because Customer.io rejected the credentials) and nothing was changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from datetime import time as dt_time
+from types import FrameType
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
+
+from django_cio_reliable import clock, outbox
+from django_cio_reliable.conf import app_settings
+from django_cio_reliable.models import DeliveryState, Operation
+
+log = logging.getLogger(__name__)
+
+
+#: Exit codes (``manage.py`` exits with these; ``call_command`` raises ``CommandError``).
+EXIT_NOT_DELIVERED = 1
+EXIT_BAD_ARGUMENTS = 2
+EXIT_REFUSED = 3
+
+# The values of ``Operation.Status`` and ``DeliveryState.PauseReason`` used here, as plain
+# strings (the tests check they match the models).
+DEAD = "dead"
+FAILED = "failed"
+PENDING = "pending"
+SENDING = "sending"
+DELIVERED = "delivered"
+AUTH_PAUSE = "auth"
+
+#: Statuses ``--status`` accepts without further ado; ``delivered`` needs --include-delivered.
+REPLAYABLE = (DEAD, FAILED, PENDING)
+KINDS = tuple(Operation.Kind.values)
+
+#: Rows of the ``--dry-run`` table shown at verbosity 1 (all of them at verbosity 2).
+DRY_RUN_ROWS = 100
+#: Characters of ``last_error`` shown by ``--dry-run``.
+ERROR_CHARS = 80
+#: Operations are requeued in chunks of at most this many (kept under SQLite's variable cap).
+REQUEUE_CHUNK = 500
+#: ``--now``: operations requeued and delivered per round unless ``--chunk-size`` says otherwise.
+DEFAULT_CHUNK_SIZE = 100
+#: ``--now``: how long one chunk may take before the drain hands back what it has not sent.
+CHUNK_MAX_SECONDS = 3600.0
+#: ``--now``: how often to wait out a 429 pause and try a chunk again before giving up on it.
+MAX_RATE_LIMIT_WAITS = 20
+#: ``--now`` without a terminal: seconds between two progress lines.
+PROGRESS_INTERVAL = 5.0
+
+
+def _bad(message: str) -> CommandError:
+    return CommandError(message, returncode=EXIT_BAD_ARGUMENTS)
+
+
+def _split(values: Sequence[str] | None) -> list[str]:
+    """Flatten repeated and comma-separated option values, dropping blanks, keeping order."""
+    seen: dict[str, None] = {}
+    for value in values or ():
+        for part in value.split(","):
+            item = part.strip()
+            if item:
+                seen.setdefault(item, None)
+    return list(seen)
+
+
+def parse_statuses(values: Sequence[str] | None, *, include_delivered: bool) -> list[str]:
+    """The statuses to replay (default: dead).
+
+    Raises:
+        CommandError: An unknown status, ``sending``, or ``delivered`` without the flag.
+    """
+    statuses = [s.lower() for s in _split(values)] or [DEAD]
+    for status in statuses:
+        if status == SENDING:
+            raise _bad(
+                "--status sending is not replayable: an operation being sent is handed back "
+                "when its lease expires"
+            )
+        if status == DELIVERED and not include_delivered:
+            raise _bad("--status delivered re-sends delivered operations; add --include-delivered")
+        if status not in (*REPLAYABLE, DELIVERED):
+            raise _bad(
+                f"unknown status {status!r}; choose from {', '.join(REPLAYABLE)} "
+                "(or delivered with --include-delivered)"
+            )
+    if include_delivered and DELIVERED not in statuses:
+        raise _bad("--include-delivered only goes with --status delivered")
+    return statuses
+
+
+def parse_kinds(values: Sequence[str] | None) -> list[str]:
+    """The kinds to replay (empty: every kind).
+
+    Raises:
+        CommandError: An unknown kind.
+    """
+    kinds = [k.lower().replace("-", "_") for k in _split(values)]
+    for kind in kinds:
+        if kind not in KINDS:
+            raise _bad(f"unknown kind {kind!r}; choose from {', '.join(KINDS)}")
+    return kinds
+
+
+def parse_ids(values: Sequence[str] | None) -> list[int]:
+    """Operation ids from ``--id`` (repeatable, comma lists allowed).
+
+    Raises:
+        CommandError: An id that is not a positive integer.
+    """
+    ids: list[int] = []
+    for value in _split(values):
+        try:
+            number = int(value)
+        except ValueError:
+            raise _bad(f"--id {value!r} is not an operation id (a positive integer)") from None
+        if number < 1:
+            raise _bad(f"--id {value!r} is not an operation id (a positive integer)")
+        ids.append(number)
+    return ids
+
+
+@dataclass(frozen=True)
+class Moment:
+    """A bound on ``created_at``: ``at``, and whether the bound itself is included."""
+
+    at: datetime
+    inclusive: bool
+
+
+def parse_moment(value: str, *, option: str, end: bool) -> Moment:
+    """Parse an ISO 8601 date or datetime; naive values are in the current time zone.
+
+    A date alone means the start of that day for ``--since`` and the whole day for ``--until``
+    (everything before the next midnight).
+
+    Raises:
+        CommandError: The value is not an ISO 8601 date or datetime.
+    """
+    text = value.strip()
+    tz = timezone.get_current_timezone()
+    try:
+        day = parse_date(text) if len(text) <= 10 else None
+        if day is not None:
+            if end:
+                midnight = datetime.combine(day + timedelta(days=1), dt_time.min)
+                return Moment(timezone.make_aware(midnight, tz), inclusive=False)
+            return Moment(timezone.make_aware(datetime.combine(day, dt_time.min), tz), True)
+        moment = parse_datetime(text)
+    except (ValueError, OverflowError):
+        moment = None
+    if moment is None:
+        raise _bad(
+            f"{option} {value!r} is not an ISO 8601 date or datetime "
+            "(e.g. 2024-05-01 or 2024-05-01T13:30:00+02:00)"
+        )
+    if timezone.is_naive(moment):
+        moment = timezone.make_aware(moment, tz)
+    return Moment(moment, inclusive=True)
+
+
+@dataclass
+class Selection:
+    """Which operations to replay: every given filter must match."""
+
+    statuses: list[str]
+    kinds: list[str] = field(default_factory=list)
+    customers: list[str] = field(default_factory=list)
+    since: Moment | None = None
+    until: Moment | None = None
+    ids: list[int] = field(default_factory=list)
+    error_contains: str = ""
+
+    @property
+    def narrowed(self) -> bool:
+        """Whether any filter beyond the statuses was given."""
+        return bool(
+            self.kinds
+            or self.customers
+            or self.since
+            or self.until
+            or self.ids
+            or self.error_contains
+        )
+
+    def queryset(self) -> QuerySet[Operation]:
+        """The selected operations, oldest first."""
+        return select_for_replay(self)
+
+
+def select_for_replay(selection: Selection) -> QuerySet[Operation]:
+    """The operations matching ``selection``, oldest (lowest id) first.
+
+    Belongs in :mod:`django_cio_reliable.outbox` (the admin's replay action wants it too).
+    """
+    query = Q(status__in=selection.statuses)
+    if selection.kinds:
+        query &= Q(kind__in=selection.kinds)
+    if selection.customers:
+        query &= Q(customer_id__in=selection.customers)
+    if selection.since is not None:
+        query &= Q(created_at__gte=selection.since.at)
+    if selection.until is not None:
+        if selection.until.inclusive:
+            query &= Q(created_at__lte=selection.until.at)
+        else:
+            query &= Q(created_at__lt=selection.until.at)
+    if selection.ids:
+        query &= Q(id__in=selection.ids)
+    if selection.error_contains:
+        query &= Q(last_error__icontains=selection.error_contains)
+    selected: QuerySet[Operation] = Operation.objects.filter(query).order_by("id")
+    return selected
+
+
+def requeue(ids: Sequence[int], statuses: Sequence[str], *, reset_attempts: bool) -> int:
+    """Requeue the operations ``ids`` that still have one of ``statuses``; returns how many.
+
+    Dead and open ones go through :func:`outbox.replay` (event ids kept, live leases skipped).
+    Delivered ones get the same treatment here because ``outbox.replay`` leaves them alone;
+    this belongs in :mod:`django_cio_reliable.outbox` as ``replay(..., include_delivered=True)``.
+    """
+    total = 0
+    for start in range(0, len(ids), REQUEUE_CHUNK):
+        chunk = ids[start : start + REQUEUE_CHUNK]
+        rows = Operation.objects.filter(id__in=chunk)
+        open_or_dead = [s for s in statuses if s != DELIVERED]
+        if open_or_dead:
+            total += outbox.replay(
+                rows.filter(status__in=open_or_dead), reset_attempts=reset_attempts
+            )
+        if DELIVERED in statuses:
+            updates: dict[str, Any] = {
+                "status": PENDING,
+                "next_attempt_at": clock.now(),
+                "delivered_at": None,
+            }
+            if reset_attempts:
+                updates["attempts"] = 0
+            total += rows.filter(status=DELIVERED).update(**updates)
+    return total
+
+
+def _refuse_reason() -> str | None:
+    """Why ``--now`` must not deliver at the moment (``None`` when it may).
+
+    Every condition that ``--force`` overrides is checked here, and only here.
+    """
+    until, reason = outbox.paused_until()
+    if until is not None and reason == AUTH_PAUSE:
+        return (
+            f"delivery is paused until {_when(until)} because Customer.io rejected the "
+            "credentials (401/403); fix CIO_RELIABLE SITE_ID/API_KEY, then run again "
+            "(or pass --force to lift the pause and try now)"
+        )
+    return None
+
+
+def _override_refusal() -> str:
+    """Lift what :func:`_refuse_reason` refused on (``--force``); returns what was done.
+
+    Lifting the credentials pause belongs in :mod:`django_cio_reliable.outbox` (``resume()``).
+    """
+    lifted = DeliveryState.objects.filter(
+        destination=app_settings.destination,
+        pause_reason=AUTH_PAUSE,
+        paused_until__isnull=False,
+    ).update(paused_until=None, pause_reason=DeliveryState.PauseReason.NONE)
+    return "lifted the credentials pause for every worker" if lifted else ""
+
+
+def _when(moment: datetime) -> str:
+    return timezone.localtime(moment).isoformat(timespec="seconds")
+
+
+def _chunks(items: Sequence[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+@dataclass
+class Tally:
+    """Where the operations handled by ``--now`` ended up."""
+
+    selected: int = 0
+    delivered: int = 0
+    dead: int = 0
+    failed: int = 0
+    done: int = 0
+    stopped: str = ""
+
+    @property
+    def skipped(self) -> int:
+        """Operations left queued (blocked by an earlier one of the same person, taken by a
+        drain worker, or not reached because the run stopped)."""
+        return self.selected - self.delivered - self.dead - self.failed
+
+    def summary(self) -> str:
+        """The final summary line."""
+        return (
+            f"delivered={self.delivered} dead={self.dead} failed={self.failed} "
+            f"skipped={self.skipped}"
+        )
+
+    def count(self, ids: Sequence[int]) -> None:
+        """Record the current status of the operations ``ids`` (one finished chunk)."""
+        rows = Operation.objects.filter(id__in=ids).order_by().values_list("status", flat=True)
+        for status in rows:
+            if status == DELIVERED:
+                self.delivered += 1
+            elif status == DEAD:
+                self.dead += 1
+            elif status == FAILED:
+                self.failed += 1
+        self.done += len(ids)
+
+
+class Command(BaseCommand):
+    """Requeue dead (or failed/pending) operations, or deliver them synchronously."""
+
+    help = (
+        "Requeue dead operations (or the statuses given by --status) for delivery, keeping "
+        "their event ids. --dry-run shows what would be replayed; --now delivers them in this "
+        "process. Exit codes: 0 ok, 1 some operations failed or died again (--now), "
+        "2 bad arguments, 3 --now refused (credentials rejected; see --force)."
+    )
+
+    def __init__(
+        self,
+        *args: Any,
+        sleep: Callable[[float], None] | None = None,
+        monotonic: Callable[[], float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.sleep: Callable[[float], None] = sleep or time.sleep
+        self.monotonic: Callable[[], float] = monotonic or time.monotonic
+        self._interrupted = ""
+        self._last_progress = 0.0
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        """Declare the filters and modes."""
+        select = parser.add_argument_group("selection (every given filter must match)")
+        select.add_argument(
+            "--status",
+            action="append",
+            metavar="STATUS",
+            help="dead (default), failed or pending; repeatable or comma-separated. "
+            "delivered needs --include-delivered.",
+        )
+        select.add_argument(
+            "--include-delivered",
+            action="store_true",
+            help="allow --status delivered (re-sends operations Customer.io already accepted)",
+        )
+        select.add_argument(
+            "--kind",
+            action="append",
+            metavar="KIND",
+            help=f"{', '.join(KINDS)}; repeatable or comma-separated",
+        )
+        select.add_argument(
+            "--customer", action="append", metavar="ID", help="customer (or anonymous) id"
+        )
+        select.add_argument(
+            "--since", metavar="WHEN", help="created at or after this ISO 8601 date/datetime"
+        )
+        select.add_argument(
+            "--until",
+            metavar="WHEN",
+            help="created at or before this ISO 8601 datetime (a date: the whole day)",
+        )
+        select.add_argument(
+            "--id", action="append", metavar="ID", help="operation id; repeatable or comma list"
+        )
+        select.add_argument(
+            "--error-contains",
+            metavar="TEXT",
+            help="the last error contains TEXT (case-insensitive)",
+        )
+        select.add_argument(
+            "--all",
+            action="store_true",
+            help="allow a failed/pending/delivered replay without any other filter",
+        )
+        select.add_argument("--limit", type=int, metavar="N", help="at most N, oldest first")
+        mode = parser.add_argument_group("mode")
+        mode.add_argument(
+            "--dry-run", action="store_true", help="show what would be replayed, change nothing"
+        )
+        mode.add_argument(
+            "--keep-attempts",
+            action="store_true",
+            help="keep the attempt counters instead of starting again from zero",
+        )
+        mode.add_argument(
+            "--now", action="store_true", help="deliver synchronously in this process"
+        )
+        mode.add_argument(
+            "--rate",
+            type=float,
+            metavar="N",
+            help="--now: at most N operations per second (on top of RATE_LIMIT)",
+        )
+        mode.add_argument(
+            "--chunk-size",
+            type=int,
+            metavar="N",
+            help="--now: operations requeued and delivered per round (default 100)",
+        )
+        mode.add_argument(
+            "--force",
+            action="store_true",
+            help="--now: deliver even though delivery is paused for rejected credentials",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        """Parse the options, select, then dry-run, requeue or deliver."""
+        selection, limit = self._selection(options)
+        if options["rate"] is not None and options["rate"] <= 0:
+            raise _bad("--rate must be greater than 0")
+        if options["chunk_size"] is not None and options["chunk_size"] < 1:
+            raise _bad("--chunk-size must be at least 1")
+        for name in ("rate", "chunk_size", "force"):
+            if options[name] not in (None, False) and not options["now"]:
+                raise _bad(f"--{name.replace('_', '-')} only applies with --now")
+        if options["now"] and options["dry_run"]:
+            raise _bad("--now and --dry-run exclude each other")
+        non_dead = [s for s in selection.statuses if s != DEAD]
+        if non_dead and not selection.narrowed and not options["all"] and not options["dry_run"]:
+            raise _bad(
+                f"replaying every {'/'.join(non_dead)} operation needs a filter (--kind, "
+                "--customer, --since, --until, --id, --error-contains) or --all"
+            )
+        if DELIVERED in selection.statuses:
+            self.stderr.write(
+                "Warning: replaying delivered operations sends them again. Customer.io drops "
+                "a repeated event by its id, but a replayed identify sets the stored (possibly "
+                "older) attributes again and a replayed delete deletes the person again."
+            )
+        qs = selection.queryset()
+        ids = list(
+            qs.values_list("id", flat=True)[:limit] if limit else qs.values_list("id", flat=True)
+        )
+        if selection.ids:
+            self._report_unselected(selection, ids)
+        if not ids:
+            self.stdout.write("No operations match.")
+            return
+        if options["dry_run"]:
+            self._dry_run(ids, options["verbosity"])
+            return
+        if options["now"]:
+            self._check_refusal(force=options["force"])
+        reset = not options["keep_attempts"]
+        if options["now"]:
+            self._deliver_now(ids, selection.statuses, options, reset_attempts=reset)
+            return
+        count = requeue(ids, selection.statuses, reset_attempts=reset)
+        log.info("cio_replay: requeued %d of %d selected operations", count, len(ids))
+        message = f"Requeued {count} of {len(ids)} selected operations for the drain workers."
+        if count < len(ids):
+            message += (
+                f" {len(ids) - count} changed status meanwhile (e.g. being sent) and were skipped."
+            )
+        self.stdout.write(message)
+
+    # ------------------------------------------------------------------ selection
+
+    def _selection(self, options: dict[str, Any]) -> tuple[Selection, int | None]:
+        limit = options["limit"]
+        if limit is not None and limit < 1:
+            raise _bad("--limit must be at least 1")
+        since = (
+            parse_moment(options["since"], option="--since", end=False)
+            if options["since"]
+            else None
+        )
+        until = (
+            parse_moment(options["until"], option="--until", end=True) if options["until"] else None
+        )
+        if (
+            since is not None
+            and until is not None
+            and (since.at > until.at or (since.at == until.at and not until.inclusive))
+        ):
+            raise _bad(f"--since {options['since']} is after --until {options['until']}")
+        # Customer ids may contain commas: --customer is repeatable, never split.
+        customers = list(dict.fromkeys(c.strip() for c in options["customer"] or () if c.strip()))
+        if options["customer"] is not None and not customers:
+            raise _bad("--customer needs a customer id")
+        error_contains = options["error_contains"]
+        if error_contains is not None and not error_contains.strip():
+            raise _bad("--error-contains needs some text")
+        selection = Selection(
+            statuses=parse_statuses(
+                options["status"], include_delivered=options["include_delivered"]
+            ),
+            kinds=parse_kinds(options["kind"]),
+            customers=customers,
+            since=since,
+            until=until,
+            ids=parse_ids(options["id"]),
+            error_contains=error_contains or "",
+        )
+        return selection, limit
+
+    def _report_unselected(self, selection: Selection, selected: Sequence[int]) -> None:
+        chosen = set(selected)
+        missing = [i for i in selection.ids if i not in chosen]
+        if not missing:
+            return
+        found = dict(
+            Operation.objects.filter(id__in=missing).values_list("id", "status").order_by("id")
+        )
+        parts = [
+            f"#{i} ({found[i]})" if i in found else f"#{i} (no such operation)" for i in missing
+        ]
+        self.stderr.write(
+            f"Not selected (status not in {', '.join(selection.statuses)}, another filter, "
+            f"or --limit): {', '.join(parts)}"
+        )
+
+    # ------------------------------------------------------------------ dry run
+
+    def _dry_run(self, ids: Sequence[int], verbosity: int) -> None:
+        shown = ids if verbosity >= 2 else ids[:DRY_RUN_ROWS]
+        rows = Operation.objects.filter(id__in=shown).order_by("id")
+        fields = (
+            "id",
+            "kind",
+            "customer_id",
+            "status",
+            "attempts",
+            "last_status_code",
+            "last_error",
+        )
+        table: list[tuple[str, ...]] = [
+            ("id", "kind", "customer", "status", "attempts", "last status", "error")
+        ]
+        for op_id, kind, customer, status, attempts, code, error in rows.values_list(*fields):
+            customer = customer if len(customer) <= 40 else customer[:39] + "…"
+            table.append(
+                (
+                    str(op_id),
+                    kind,
+                    customer,
+                    status,
+                    str(attempts),
+                    "-" if code is None else str(code),
+                    " ".join(error.split())[:ERROR_CHARS],
+                )
+            )
+        self.stdout.write(
+            f"Dry run: {len(ids)} operation{'s' if len(ids) != 1 else ''} would be replayed; "
+            "nothing was changed."
+        )
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
+        for row in table:
+            cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+            self.stdout.write("  ".join([*cells, row[-1]]).rstrip())
+        if len(shown) < len(ids):
+            self.stdout.write(f"… and {len(ids) - len(shown)} more (--verbosity 2 lists all).")
+
+    # ------------------------------------------------------------------ --now
+
+    def _check_refusal(self, *, force: bool) -> None:
+        reason = _refuse_reason()
+        if reason is None:
+            return
+        if not force:
+            raise CommandError(f"Refusing --now: {reason}", returncode=EXIT_REFUSED)
+        done = _override_refusal()
+        self.stderr.write(f"Warning: --force: {reason.split(';')[0]}; {done or 'ignored'}.")
+
+    def _stop_reason(self) -> str:
+        return self._interrupted
+
+    def _on_interrupt(self, signum: int, frame: FrameType | None) -> None:
+        if self._interrupted:
+            raise KeyboardInterrupt
+        self._interrupted = "interrupted"
+
+    def _deliver_now(
+        self,
+        ids: Sequence[int],
+        statuses: Sequence[str],
+        options: dict[str, Any],
+        *,
+        reset_attempts: bool,
+    ) -> None:
+        rate: float | None = options["rate"]
+        size: int = options["chunk_size"] or DEFAULT_CHUNK_SIZE
+        if rate is not None:
+            # Never burst more than about one second's worth of operations.
+            size = max(1, min(size, int(rate)))
+        tally = Tally(selected=len(ids))
+        in_main = threading.current_thread() is threading.main_thread()
+        previous: Any = signal.signal(signal.SIGINT, self._on_interrupt) if in_main else None
+        try:
+            self._run_chunks(ids, statuses, tally, size=size, rate=rate, reset=reset_attempts)
+        finally:
+            if in_main:
+                signal.signal(signal.SIGINT, previous)
+        self._finish_progress(tally)
+        self.stdout.write(tally.summary())
+        log.info("cio_replay --now: %s", tally.summary())
+        problems = []
+        if tally.dead or tally.failed:
+            problems.append(
+                f"{tally.dead + tally.failed} operations were not delivered "
+                f"({tally.dead} dead again, {tally.failed} failed and will be retried)"
+            )
+        if tally.stopped:
+            problems.append(f"stopped early: {tally.stopped}")
+        if problems:
+            raise CommandError("; ".join(problems), returncode=EXIT_NOT_DELIVERED)
+        if tally.skipped:
+            self.stdout.write(
+                f"{tally.skipped} operations are left queued for the drain workers (an earlier "
+                "operation of the same person is still open, or a worker took them)."
+            )
+
+    def _run_chunks(
+        self,
+        ids: Sequence[int],
+        statuses: Sequence[str],
+        tally: Tally,
+        *,
+        size: int,
+        rate: float | None,
+        reset: bool,
+    ) -> None:
+        started = self.monotonic()
+        self._last_progress = started
+        for chunk in _chunks(ids, size):
+            if self._interrupted:
+                tally.stopped = self._interrupted
+                return
+            if rate is not None:
+                wait = started + tally.done / rate - self.monotonic()
+                if wait > 0:
+                    self.sleep(wait)
+            requeue(chunk, statuses, reset_attempts=reset)
+            stop = self._drain_chunk(chunk)
+            tally.count(chunk)
+            self._progress(tally)
+            if stop:
+                tally.stopped = stop
+                return
+
+    def _drain_chunk(self, chunk: list[int]) -> str:
+        """Deliver one chunk, waiting out 429 pauses; returns why the run must stop, if so."""
+        for _ in range(MAX_RATE_LIMIT_WAITS):
+            until, reason = outbox.paused_until()
+            if until is not None:
+                if reason == AUTH_PAUSE:
+                    return "Customer.io rejected the credentials (401/403); delivery is paused"
+                self.sleep(max(0.0, (until - clock.now()).total_seconds()))
+                continue
+            result = outbox.drain(
+                ids=chunk,
+                max_seconds=CHUNK_MAX_SECONDS,
+                should_stop=self._stop_reason,
+                sleep=self.sleep,
+            )
+            if result.stopped:
+                return result.stopped
+            if result.paused == AUTH_PAUSE:
+                return "Customer.io rejected the credentials (401/403); delivery is paused"
+            if not result.paused:
+                return ""
+        return "still rate limited (429) after waiting repeatedly"
+
+    def _progress(self, tally: Tally) -> None:
+        text = (
+            f"{tally.done}/{tally.selected} delivered={tally.delivered} dead={tally.dead} "
+            f"failed={tally.failed}"
+        )
+        if self.stdout.isatty():
+            width = 30
+            filled = width * tally.done // max(1, tally.selected)
+            bar = "#" * filled + "-" * (width - filled)
+            self.stdout.write(f"\r[{bar}] {text}", ending="")
+            self.stdout.flush()
+            return
+        now = self.monotonic()
+        if tally.done < tally.selected and now - self._last_progress >= PROGRESS_INTERVAL:
+            self._last_progress = now
+            self.stdout.write(f"progress: {text}")
+
+    def _finish_progress(self, tally: Tally) -> None:
+        if self.stdout.isatty() and tally.done:
+            self.stdout.write("")

@@ -1,0 +1,850 @@
+"""The durable outbox: enqueue, claim, send, acknowledge, reschedule, dead-letter, replay, purge.
+
+Invariants:
+
+- An operation is stored (in the caller's transaction) before any network I/O.
+- A claim happens in a short transaction; the attempt is counted at claim; the lease is a random
+  token with an expiry. Sending happens with no transaction open.
+- Every acknowledgement is an update fenced on the lease token, so a late worker whose lease
+  expired cannot overwrite a newer result.
+- Per-person order: an operation is never claimed while an earlier operation of the same person
+  is still open (pending, sending or failed).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import IntegrityError, connections, router, transaction
+from django.db.models import Case, Exists, F, OuterRef, Q, QuerySet, Value, When
+from django.dispatch import Signal
+
+from django_cio_reliable import clock, signals
+from django_cio_reliable.conf import app_settings
+from django_cio_reliable.exceptions import DeliveryError
+from django_cio_reliable.idempotency import key_cache, new_event_id
+from django_cio_reliable.models import DeliveryState, IdempotencyKey, Operation
+from django_cio_reliable.retry import RetryPolicy, classify, pause_seconds
+from django_cio_reliable.transport import (
+    MAX_BATCH_ITEM_BYTES,
+    BatchItem,
+    Transport,
+    batch_item_bytes,
+    get_transport,
+)
+
+log = logging.getLogger(__name__)
+
+Status = Operation.Status
+OPEN = [Status.PENDING, Status.SENDING, Status.FAILED]
+MAX_ERROR_LENGTH = 1000
+
+
+# --------------------------------------------------------------------------- enqueue
+
+
+def person_key(kind: str, customer_id: str) -> str:
+    """The ordering key of an operation: one per customer, one per anonymous id."""
+    prefix = "a" if kind == Operation.Kind.TRACK_ANONYMOUS else "c"
+    return f"{prefix}:{customer_id}"
+
+
+def _db_for_write() -> str:
+    return router.db_for_write(Operation) or "default"
+
+
+def enqueue(
+    kind: str,
+    customer_id: str,
+    payload: dict[str, Any],
+    *,
+    name: str = "",
+    idempotency_key: str | None = None,
+    payload_bytes: int = 0,
+) -> Operation:
+    """Store one validated operation in the current transaction and return it.
+
+    With ``idempotency_key``, the first call within ``IDEMPOTENCY_TTL`` stores the operation and
+    every later call returns that same operation without storing anything.
+    """
+    return enqueue_ex(
+        kind,
+        customer_id,
+        payload,
+        name=name,
+        idempotency_key=idempotency_key,
+        payload_bytes=payload_bytes,
+    )[0]
+
+
+def enqueue_ex(
+    kind: str,
+    customer_id: str,
+    payload: dict[str, Any],
+    *,
+    name: str = "",
+    idempotency_key: str | None = None,
+    payload_bytes: int = 0,
+) -> tuple[Operation, bool]:
+    """Like :func:`enqueue`, also telling whether a new operation was stored."""
+    if idempotency_key:
+        cached = key_cache.get(idempotency_key)
+        if cached is not None:
+            return cached, False
+    now = clock.now()
+    pkey = person_key(kind, customer_id)
+    if kind in (Operation.Kind.TRACK, Operation.Kind.TRACK_ANONYMOUS):
+        payload = {**payload, "id": new_event_id(idempotency_key, now=now.timestamp())}
+    event_id = str(payload.get("id", ""))
+
+    def build() -> Operation:
+        return Operation(
+            kind=kind,
+            customer_id=customer_id,
+            person_key=pkey,
+            name=name,
+            payload=payload,
+            payload_bytes=payload_bytes,
+            event_id=event_id,
+            idempotency_key=idempotency_key or "",
+            status=Status.PENDING,
+            next_attempt_at=now,
+            created_at=now,
+        )
+
+    using = _db_for_write()
+    if not idempotency_key:
+        operation = build()
+        operation.save(using=using)
+        _on_commit_enqueued(operation, None, using)
+        return operation, True
+    return _enqueue_keyed(idempotency_key, pkey, build, now, using)
+
+
+def _enqueue_keyed(
+    key: str, pkey: str, build: Callable[[], Operation], now: datetime, using: str
+) -> tuple[Operation, bool]:
+    ttl = timedelta(seconds=app_settings.IDEMPOTENCY_TTL)
+    for _ in range(5):
+        existing = (
+            IdempotencyKey.objects.using(using)
+            .filter(key=key)
+            .values_list("pk", "operation_id", "expires_at")
+            .first()
+        )
+        if existing is not None:
+            key_pk, operation_id, expires_at = existing
+            if expires_at > now and operation_id is not None:
+                found = Operation.objects.using(using).filter(pk=operation_id).first()
+                if found is not None:
+                    return found, False
+            # Expired, or its operation is gone: the key may be taken again.
+            IdempotencyKey.objects.using(using).filter(pk=key_pk).delete()
+        try:
+            with transaction.atomic(using=using):
+                operation = build()
+                operation.save(using=using)
+                IdempotencyKey.objects.using(using).create(
+                    key=key,
+                    person_key=pkey,
+                    operation=operation,
+                    created_at=now,
+                    expires_at=now + ttl,
+                )
+        except IntegrityError:
+            # Another transaction reserved the key first; read its operation.
+            continue
+        _on_commit_enqueued(operation, key, using)
+        return operation, True
+    raise RuntimeError(f"could not reserve idempotency key after retries (key hash {hash(key)})")
+
+
+def _on_commit_enqueued(operation: Operation, key: str | None, using: str) -> None:
+    def committed() -> None:
+        if key:
+            key_cache.put(key, operation)
+        signals.operation_enqueued.send(sender=Operation, operation=operation)
+        from django_cio_reliable import dispatch
+
+        dispatch.operation_committed(operation)
+
+    transaction.on_commit(committed, using=using)
+
+
+# --------------------------------------------------------------------------- shared state
+
+
+def _destination() -> str:
+    return app_settings.destination
+
+
+def delivery_state() -> DeliveryState:
+    """The shared delivery-state row of the current destination (created on first use)."""
+    state: DeliveryState = DeliveryState.objects.get_or_create(destination=_destination())[0]
+    return state
+
+
+def paused_until(now: datetime | None = None) -> tuple[datetime | None, str]:
+    """When the shared pause ends (``None`` when not paused) and why."""
+    current = now or clock.now()
+    row = (
+        DeliveryState.objects.filter(destination=_destination())
+        .values_list("paused_until", "pause_reason")
+        .first()
+    )
+    if row is None or row[0] is None or row[0] <= current:
+        return None, ""
+    return row[0], row[1]
+
+
+def pause(reason: str, seconds: float, *, error: str = "") -> datetime:
+    """Pause every worker for ``seconds`` (never shortening a longer pause already set)."""
+    now = clock.now()
+    until = now + timedelta(seconds=seconds)
+    delivery_state()
+    updates: dict[str, Any] = {"pause_reason": reason}
+    if reason == DeliveryState.PauseReason.AUTH:
+        updates.update(auth_failed_at=now, auth_error=error[:MAX_ERROR_LENGTH])
+    qs = DeliveryState.objects.filter(destination=_destination())
+    qs.filter(Q(paused_until__isnull=True) | Q(paused_until__lt=until)).update(
+        paused_until=until, **updates
+    )
+    qs.update(**updates)
+    return max(until, qs.values_list("paused_until", flat=True).first() or until)
+
+
+def clear_auth_failure() -> None:
+    """Forget a credentials failure (after a request was accepted again)."""
+    DeliveryState.objects.filter(destination=_destination(), auth_failed_at__isnull=False).update(
+        auth_failed_at=None, auth_error=""
+    )
+
+
+class RateLimiter:
+    """A request-rate limit shared by every worker through the database (GCRA).
+
+    Each request reserves the next free slot (``1 / RATE_LIMIT`` seconds apart) in one short
+    transaction and waits for it, so the whole deployment never exceeds ``RATE_LIMIT``.
+    """
+
+    def __init__(
+        self,
+        *,
+        wall: Callable[[], float] = clock.wall,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.clock = wall
+        self.sleep = sleep
+
+    def reserve(self, count: int = 1) -> float:
+        """Reserve ``count`` request slots; return the time (clock units) the first may start."""
+        interval = 1.0 / app_settings.RATE_LIMIT
+        delivery_state()
+        using = router.db_for_write(DeliveryState) or "default"
+        with transaction.atomic(using=using):
+            row = (
+                DeliveryState.objects.using(using)
+                .select_for_update()
+                .filter(destination=_destination())
+                .values_list("pk", "rate_tat")
+                .get()
+            )
+            now = self.clock()
+            start = max(float(row[1]), now)
+            DeliveryState.objects.using(using).filter(pk=row[0]).update(
+                rate_tat=start + count * interval
+            )
+        return start
+
+    def acquire(self) -> None:
+        """Wait for one request slot."""
+        start = self.reserve(1)
+        delay = start - self.clock()
+        if delay > 0:
+            self.sleep(delay)
+
+
+# --------------------------------------------------------------------------- claim
+
+
+def _due(now: datetime) -> Q:
+    return Q(status__in=[Status.PENDING, Status.FAILED], next_attempt_at__lte=now) | Q(
+        status=Status.SENDING, lease_expires_at__lt=now
+    )
+
+
+def claimable(now: datetime | None = None) -> QuerySet[Operation]:
+    """Due operations with no earlier open operation of the same person, oldest first."""
+    current = now or clock.now()
+    earlier_open = Operation.objects.filter(
+        person_key=OuterRef("person_key"), id__lt=OuterRef("id"), status__in=OPEN
+    )
+    due: QuerySet[Operation] = (
+        Operation.objects.filter(_due(current)).filter(~Exists(earlier_open)).order_by("id")
+    )
+    return due
+
+
+@dataclass
+class Claim:
+    """Operations claimed by one worker under one lease token."""
+
+    token: str
+    operations: list[Operation]
+
+
+def claim(
+    limit: int,
+    *,
+    lease_seconds: float | None = None,
+    ids: Iterable[int] | None = None,
+    now: datetime | None = None,
+) -> Claim:
+    """Claim up to ``limit`` due operations with a fresh lease; counts one attempt for each.
+
+    PostgreSQL (and other back ends with ``SKIP LOCKED``) lock the candidate rows so concurrent
+    workers skip each other's; elsewhere (SQLite) the update is a compare-and-set on the status.
+    """
+    current = now or clock.now()
+    lease = timedelta(seconds=lease_seconds or app_settings.LEASE_SECONDS)
+    token = secrets.token_hex(16)
+    using = _db_for_write()
+    qs = claimable(current).using(using)
+    if ids is not None:
+        qs = qs.filter(id__in=list(ids))
+    claimed_update = {
+        "status": Status.SENDING,
+        "lease_token": token,
+        "lease_expires_at": current + lease,
+        "attempts": F("attempts") + 1,
+    }
+    with transaction.atomic(using=using):
+        if connections[using].features.has_select_for_update_skip_locked:
+            picked = list(
+                qs.select_for_update(skip_locked=True, of=("self",)).values_list("id", flat=True)[
+                    :limit
+                ]
+            )
+            if picked:
+                Operation.objects.using(using).filter(id__in=picked).update(**claimed_update)
+        else:
+            candidates = list(qs.values_list("id", flat=True)[:limit])
+            if candidates:
+                Operation.objects.using(using).filter(id__in=candidates).filter(
+                    _due(current)
+                ).update(**claimed_update)
+        operations = list(Operation.objects.using(using).filter(lease_token=token).order_by("id"))
+    return Claim(token=token, operations=operations)
+
+
+def release(claim_: Claim, operations: Sequence[Operation], *, at: datetime | None = None) -> int:
+    """Hand back claimed but unsent operations without using up their attempt."""
+    if not operations:
+        return 0
+    return int(
+        Operation.objects.filter(
+            id__in=[op.pk for op in operations], lease_token=claim_.token
+        ).update(
+            status=Case(
+                When(attempts__lte=1, then=Value(Status.PENDING)), default=Value(Status.FAILED)
+            ),
+            attempts=F("attempts") - 1,
+            lease_token="",
+            lease_expires_at=None,
+            next_attempt_at=at or clock.now(),
+        )
+    )
+
+
+# --------------------------------------------------------------------------- acknowledge
+
+
+def _send_on_commit(signal: Signal, **kwargs: Any) -> None:
+    """Send ``signal`` once the current transaction commits (at once in autocommit)."""
+    transaction.on_commit(lambda: signal.send(sender=Operation, **kwargs), using=_db_for_write())
+
+
+def _redact(text: str) -> str:
+    key = app_settings.API_KEY
+    if key:
+        text = text.replace(key, "***")
+    return text[:MAX_ERROR_LENGTH]
+
+
+def ack_delivered(claim_: Claim, operations: Sequence[Operation], status_code: int = 200) -> int:
+    """Mark ``operations`` delivered, fenced on the lease; returns how many were updated."""
+    if not operations:
+        return 0
+    now = clock.now()
+    ids = [op.pk for op in operations]
+    updated = int(
+        Operation.objects.filter(id__in=ids, lease_token=claim_.token).update(
+            status=Status.DELIVERED,
+            delivered_at=now,
+            lease_token="",
+            lease_expires_at=None,
+            last_status_code=status_code,
+            last_error="",
+        )
+    )
+    if updated != len(ids):
+        log.warning(
+            "cio: %d of %d acknowledgements lost their lease (another worker took over)",
+            len(ids) - updated,
+            len(ids),
+        )
+    for op in operations:
+        op.status = Status.DELIVERED
+        op.delivered_at = now
+        log.info("cio: delivered operation %s (%s, attempt %d)", op.pk, op.kind, op.attempts)
+        _send_on_commit(signals.operation_delivered, operation=op)
+    return updated
+
+
+def ack_failed(
+    claim_: Claim,
+    operation: Operation,
+    error: DeliveryError,
+    *,
+    policy: RetryPolicy,
+) -> str:
+    """Reschedule or dead-letter ``operation`` after ``error``; returns the new status."""
+    now = clock.now()
+    reason = _redact(str(error))
+    age = (now - operation.created_at).total_seconds()
+    fenced = Operation.objects.filter(pk=operation.pk, lease_token=claim_.token)
+    if classify(error) == "dead" or policy.exhausted(operation.attempts, age):
+        if classify(error) != "dead":
+            reason = f"gave up after {operation.attempts} attempts over {age:.0f}s: {reason}"
+        updated = fenced.update(
+            status=Status.DEAD,
+            dead_at=now,
+            lease_token="",
+            lease_expires_at=None,
+            last_status_code=error.status,
+            last_error=_redact(reason),
+        )
+        if updated:
+            operation.status = Status.DEAD
+            operation.last_error = _redact(reason)
+            log.warning(
+                "cio: operation %s is dead (%s, status %s, attempt %d)",
+                operation.pk,
+                error.kind,
+                error.status,
+                operation.attempts,
+            )
+            _send_on_commit(signals.operation_dead, operation=operation, reason=reason)
+        return Status.DEAD
+    next_at = now + timedelta(seconds=policy.backoff(operation.attempts))
+    updated = fenced.update(
+        status=Status.FAILED,
+        next_attempt_at=next_at,
+        lease_token="",
+        lease_expires_at=None,
+        last_status_code=error.status,
+        last_error=reason,
+    )
+    if updated:
+        operation.status = Status.FAILED
+        operation.next_attempt_at = next_at
+        log.info(
+            "cio: operation %s failed (%s, status %s, attempt %d); next attempt at %s",
+            operation.pk,
+            error.kind,
+            error.status,
+            operation.attempts,
+            next_at.isoformat(),
+        )
+        _send_on_commit(
+            signals.operation_failed, operation=operation, error=error, next_attempt_at=next_at
+        )
+    return Status.FAILED
+
+
+# --------------------------------------------------------------------------- deliver
+
+
+@dataclass
+class DrainResult:
+    """What one drain run did."""
+
+    claimed: int = 0
+    delivered: int = 0
+    failed: int = 0
+    dead: int = 0
+    released: int = 0
+    requests: int = 0
+    paused: str = ""
+    stopped: str = ""
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, other: DrainResult) -> None:
+        """Accumulate ``other`` into this result."""
+        for name in ("claimed", "delivered", "failed", "dead", "released", "requests"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.paused = other.paused or self.paused
+        self.stopped = other.stopped or self.stopped
+        self.errors.extend(other.errors)
+
+
+@dataclass
+class Deliverer:
+    """Sends claimed operations and records every outcome."""
+
+    transport: Transport
+    policy: RetryPolicy
+    limiter: RateLimiter
+    should_stop: Callable[[], str] = field(default=lambda: "")
+
+    def _batches(self, operations: Sequence[Operation]) -> list[list[Operation]]:
+        """Group operations into requests: batches within the caps, oversized ones alone."""
+        if not app_settings.BATCH:
+            return [[op] for op in operations]
+        size_cap = max(1, app_settings.BATCH_SIZE)
+        byte_cap = app_settings.BATCH_MAX_BYTES
+        groups: list[list[Operation]] = []
+        current: list[Operation] = []
+        current_bytes = 0
+        for op in operations:
+            item_bytes = batch_item_bytes(op.kind, op.customer_id, op.payload)  # type: ignore[arg-type]
+            if item_bytes > MAX_BATCH_ITEM_BYTES or item_bytes + 20 > byte_cap:
+                groups.append([op])
+                continue
+            if current and (len(current) >= size_cap or current_bytes + item_bytes + 1 > byte_cap):
+                groups.append(current)
+                current, current_bytes = [], 0
+            current.append(op)
+            current_bytes += item_bytes + 1
+        if current:
+            groups.append(current)
+        return groups
+
+    def deliver(self, claim_: Claim) -> DrainResult:
+        """Send every operation of ``claim_``; unsent ones are handed back when stopping."""
+        result = DrainResult(claimed=len(claim_.operations))
+        groups = self._batches(claim_.operations)
+        for index, group in enumerate(groups):
+            remaining = [op for g in groups[index:] for op in g]
+            until, reason = paused_until()
+            stop = self.should_stop()
+            if until is not None or stop:
+                result.released += release(claim_, remaining, at=until)
+                result.paused = reason
+                result.stopped = stop
+                return result
+            self.limiter.acquire()
+            result.requests += 1
+            outcome = self._send_group(claim_, group, result)
+            if outcome == "paused":
+                rest = [op for g in groups[index + 1 :] for op in g]
+                result.released += release(claim_, rest, at=paused_until()[0])
+                return result
+        return result
+
+    def _send_group(self, claim_: Claim, group: list[Operation], result: DrainResult) -> str:
+        if len(group) == 1 and not (app_settings.BATCH and _fits_batch(group[0])):
+            return self._send_single(claim_, group[0], result)
+        items = [BatchItem(op.kind, op.customer_id, op.payload) for op in group]  # type: ignore[arg-type]
+        try:
+            outcomes = self.transport.send_batch(items)
+        except DeliveryError as error:
+            if error.kind == "permanent":
+                # The whole request was refused: find the bad operations one at a time.
+                log.warning(
+                    "cio: batch of %d refused (status %s); sending one by one",
+                    len(group),
+                    error.status,
+                )
+                for op in group:
+                    if self._send_single(claim_, op, result) == "paused":
+                        rest = group[group.index(op) + 1 :]
+                        result.released += release(claim_, rest, at=paused_until()[0])
+                        return "paused"
+                return "ok"
+            return self._handle_error(claim_, group, error, result)
+        delivered = [op for op, err in zip(group, outcomes, strict=True) if err is None]
+        result.delivered += len(delivered)
+        ack_delivered(claim_, delivered)
+        for op, err in zip(group, outcomes, strict=True):
+            if err is not None:
+                self._record_failure(claim_, op, err, result)
+        if delivered:
+            clear_auth_failure()
+        return "ok"
+
+    def _send_single(self, claim_: Claim, op: Operation, result: DrainResult) -> str:
+        try:
+            self.transport.send(op.kind, op.customer_id, op.payload)  # type: ignore[arg-type]
+        except DeliveryError as error:
+            return self._handle_error(claim_, [op], error, result)
+        result.delivered += 1
+        ack_delivered(claim_, [op])
+        clear_auth_failure()
+        return "ok"
+
+    def _handle_error(
+        self, claim_: Claim, group: list[Operation], error: DeliveryError, result: DrainResult
+    ) -> str:
+        action = classify(error)
+        if action in ("pause_rate_limited", "pause_auth"):
+            reason = (
+                DeliveryState.PauseReason.AUTH
+                if action == "pause_auth"
+                else DeliveryState.PauseReason.RATE_LIMITED
+            )
+            until = pause(reason, pause_seconds(error), error=_redact(error.reason))
+            if action == "pause_auth":
+                log.error(
+                    "cio: Customer.io rejected the credentials (status %s); delivery paused "
+                    "until %s. Check CIO_RELIABLE SITE_ID/API_KEY.",
+                    error.status,
+                    until.isoformat(),
+                )
+            else:
+                log.warning(
+                    "cio: rate limited (429); every worker pauses until %s", until.isoformat()
+                )
+            result.released += release(claim_, group, at=until)
+            result.paused = reason
+            return "paused"
+        for op in group:
+            self._record_failure(claim_, op, error, result)
+        return "ok"
+
+    def _record_failure(
+        self, claim_: Claim, op: Operation, error: DeliveryError, result: DrainResult
+    ) -> None:
+        status = ack_failed(claim_, op, error, policy=self.policy)
+        if status == Status.DEAD:
+            result.dead += 1
+        else:
+            result.failed += 1
+
+
+def _fits_batch(op: Operation) -> bool:
+    return batch_item_bytes(op.kind, op.customer_id, op.payload) <= MAX_BATCH_ITEM_BYTES  # type: ignore[arg-type]
+
+
+def drain(
+    *,
+    max_seconds: float | None = None,
+    ids: Iterable[int] | None = None,
+    transport: Transport | None = None,
+    should_stop: Callable[[], str] | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> DrainResult:
+    """Deliver due operations until none is left, the time is up, or delivery is paused.
+
+    Args:
+        max_seconds: Stop claiming after this long (default ``DRAIN_MAX_SECONDS``, else derived
+            from django-q2's task timeout).
+        ids: Only these operations (used by inline dispatch).
+        transport: The transport to use (default: the per-thread one).
+        should_stop: Returns a non-empty reason when the drain must hand back and stop.
+        monotonic: Monotonic clock for the deadline.
+        sleep: Used to wait for rate-limit slots.
+    """
+    limit = max_seconds if max_seconds is not None else default_drain_seconds()
+    deadline = monotonic() + limit
+    stopper = should_stop or (lambda: "")
+
+    def stop_reason() -> str:
+        reason = stopper()
+        if reason:
+            return reason
+        return "time limit" if monotonic() >= deadline else ""
+
+    deliverer = Deliverer(
+        transport=transport or get_transport(),
+        policy=RetryPolicy.from_settings(),
+        limiter=RateLimiter(sleep=sleep),
+        should_stop=stop_reason,
+    )
+    total = DrainResult()
+    wanted = list(ids) if ids is not None else None
+    while True:
+        if paused_until()[0] is not None:
+            total.paused = paused_until()[1]
+            break
+        reason = stop_reason()
+        if reason:
+            total.stopped = reason
+            break
+        batch = claim(app_settings.CLAIM_SIZE, ids=wanted)
+        if not batch.operations:
+            break
+        total.add(deliverer.deliver(batch))
+        if total.paused or total.stopped:
+            break
+        if wanted is not None:
+            wanted = [i for i in wanted if i not in {op.pk for op in batch.operations}]
+            if not wanted:
+                break
+    return total
+
+
+def default_drain_seconds() -> float:
+    """How long one drain task may claim: ``DRAIN_MAX_SECONDS`` or django-q2's timeout minus a
+    margin for one last request."""
+    configured = app_settings.DRAIN_MAX_SECONDS
+    if configured is not None:
+        return configured
+    try:
+        from django_q.conf import Conf
+
+        q_timeout = float(Conf.TIMEOUT or 60)
+    except Exception:  # pragma: no cover - django_q missing is reported by the checks
+        q_timeout = 60.0
+    margin = 2 * (app_settings.TIMEOUT + app_settings.CONNECT_TIMEOUT) + 5
+    return max(5.0, q_timeout - margin)
+
+
+# --------------------------------------------------------------------------- replay and purge
+
+
+def replay(queryset: QuerySet[Operation], *, reset_attempts: bool = True) -> int:
+    """Requeue the given operations (dead or still open) for immediate delivery.
+
+    Operations currently being sent (a live lease) are skipped. Event ids are kept, so a replay
+    of an event Customer.io already received is deduplicated by Customer.io.
+    """
+    now = clock.now()
+    updates: dict[str, Any] = {
+        "status": Status.PENDING,
+        "next_attempt_at": now,
+        "dead_at": None,
+        "lease_token": "",
+        "lease_expires_at": None,
+    }
+    if reset_attempts:
+        updates["attempts"] = 0
+    live_lease = Q(status=Status.SENDING, lease_expires_at__gte=now)
+    selected = queryset.exclude(live_lease).filter(
+        status__in=[Status.DEAD, Status.FAILED, Status.PENDING, Status.SENDING]
+    )
+    return int(selected.update(**updates))
+
+
+def mark_dead(queryset: QuerySet[Operation], reason: str) -> int:
+    """Dead-letter the given open operations with ``reason`` (an operator's decision)."""
+    now = clock.now()
+    return int(
+        queryset.filter(status__in=[Status.PENDING, Status.FAILED]).update(
+            status=Status.DEAD, dead_at=now, last_error=_redact(reason)
+        )
+    )
+
+
+@dataclass
+class PurgeResult:
+    """What one purge removed."""
+
+    delivered: int = 0
+    dead: int = 0
+    keys: int = 0
+
+
+def _delete_in_batches(qs: QuerySet[Any], batch_size: int) -> int:
+    total = 0
+    while True:
+        ids = list(qs.values_list("pk", flat=True)[:batch_size])
+        if not ids:
+            return total
+        deleted, _ = qs.model.objects.filter(pk__in=ids).delete()
+        total += len(ids) if deleted else 0
+
+
+def purge(now: datetime | None = None) -> PurgeResult:
+    """Delete delivered and dead operations past retention and expired idempotency keys.
+
+    Works in batches of ``PURGE_BATCH_SIZE`` rows so no statement holds locks for long. A
+    delivered operation guarded by a live idempotency key is kept until the key expires.
+    """
+    current = now or clock.now()
+    size = app_settings.PURGE_BATCH_SIZE
+    delivered_cutoff = current - timedelta(seconds=app_settings.RETAIN_DELIVERED)
+    keyed_cutoff = current - timedelta(
+        seconds=max(app_settings.RETAIN_DELIVERED, app_settings.IDEMPOTENCY_TTL)
+    )
+    dead_cutoff = current - timedelta(seconds=app_settings.RETAIN_DEAD)
+    result = PurgeResult()
+    result.keys = _delete_in_batches(IdempotencyKey.objects.filter(expires_at__lte=current), size)
+    result.delivered = _delete_in_batches(
+        Operation.objects.filter(status=Status.DELIVERED).filter(
+            Q(idempotency_key="", delivered_at__lt=delivered_cutoff)
+            | Q(delivered_at__lt=keyed_cutoff)
+        ),
+        size,
+    )
+    result.dead = _delete_in_batches(
+        Operation.objects.filter(status=Status.DEAD, dead_at__lt=dead_cutoff), size
+    )
+    log.info(
+        "cio: purged %d delivered, %d dead operations and %d expired keys",
+        result.delivered,
+        result.dead,
+        result.keys,
+    )
+    return result
+
+
+# --------------------------------------------------------------------------- status
+
+
+@dataclass
+class QueueStatus:
+    """Queue depth by status, oldest pending age, and the shared pause."""
+
+    counts: dict[str, int]
+    oldest_open_age: float | None
+    paused_until: datetime | None
+    pause_reason: str
+    auth_failed_at: datetime | None
+
+
+def queue_status(now: datetime | None = None) -> QueueStatus:
+    """Counts by status and the age of the oldest open operation."""
+    from django.db.models import Count, Min
+
+    current = now or clock.now()
+    counts = dict.fromkeys(Status.values, 0)
+    for row in Operation.objects.order_by().values("status").annotate(n=Count("id")):
+        counts[row["status"]] = row["n"]
+    oldest = Operation.objects.filter(status__in=OPEN).aggregate(m=Min("created_at"))["m"]
+    state = (
+        DeliveryState.objects.filter(destination=_destination())
+        .values("paused_until", "pause_reason", "auth_failed_at")
+        .first()
+    )
+    paused = state["paused_until"] if state else None
+    if paused is not None and paused <= current:
+        paused = None
+    return QueueStatus(
+        counts=counts,
+        oldest_open_age=(current - oldest).total_seconds() if oldest else None,
+        paused_until=paused,
+        pause_reason=(state["pause_reason"] if state and paused else ""),
+        auth_failed_at=state["auth_failed_at"] if state else None,
+    )
+
+
+__all__ = [
+    "Claim",
+    "DrainResult",
+    "RateLimiter",
+    "claim",
+    "drain",
+    "enqueue",
+    "purge",
+    "queue_status",
+    "release",
+    "replay",
+]
