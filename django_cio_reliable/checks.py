@@ -391,6 +391,7 @@ SETTING_RULES: Final[dict[str, Rule]] = {
     "DRAIN_MAX_SECONDS": Rule("number", low=0, low_inclusive=False, nullable=True),
     "DRAIN_SCHEDULE_MINUTES": Rule("int", low=1),
     "KICK_DEBOUNCE": _NON_NEGATIVE,
+    "DRAIN_LINGER": _NON_NEGATIVE,
     "IDEMPOTENCY_TTL": _POSITIVE,
     "IDEMPOTENCY_CACHE_SIZE": Rule("int", low=0),
     "REPLAY_WINDOW": _NON_NEGATIVE,

@@ -58,6 +58,7 @@ DEFAULTS: Final[dict[str, Any]] = {
     "DRAIN_MAX_SECONDS": None,
     "DRAIN_SCHEDULE_MINUTES": 1,
     "KICK_DEBOUNCE": 1.0,
+    "DRAIN_LINGER": 10.0,
     # Idempotency.
     "IDEMPOTENCY_TTL": 10 * 24 * 3600,
     "IDEMPOTENCY_CACHE_SIZE": 10_000,
@@ -224,6 +225,10 @@ class Settings:
     @property
     def KICK_DEBOUNCE(self) -> float:
         return float(self.get("KICK_DEBOUNCE"))
+
+    @property
+    def DRAIN_LINGER(self) -> float:
+        return float(self.get("DRAIN_LINGER"))
 
     @property
     def IDEMPOTENCY_TTL(self) -> float:

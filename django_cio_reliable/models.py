@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from django.db import models
 from django.utils.translation import gettext_lazy as _
@@ -129,3 +129,24 @@ class DeliveryState(models.Model):
 
     def __str__(self) -> str:
         return self.destination.split("#", 1)[0]
+
+
+class DeadLetterManager(models.Manager["DeadLetter"]):
+    """Only dead operations."""
+
+    def get_queryset(self) -> models.QuerySet[DeadLetter]:
+        dead: models.QuerySet[DeadLetter] = (
+            super().get_queryset().filter(status=Operation.Status.DEAD)
+        )
+        return dead
+
+
+class DeadLetter(Operation):
+    """Dead operations, for the admin's "Dead letters" page (a proxy of :class:`Operation`)."""
+
+    objects: ClassVar[DeadLetterManager] = DeadLetterManager()
+
+    class Meta:
+        proxy = True
+        verbose_name = _("dead letter")
+        verbose_name_plural = _("dead letters")

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 Status = Operation.Status
 OPEN = [Status.PENDING, Status.SENDING, Status.FAILED]
 MAX_ERROR_LENGTH = 1000
+#: Shortest nap of a lingering drain.
+LINGER_POLL = 0.25
 
 
 # --------------------------------------------------------------------------- enqueue
@@ -638,6 +640,7 @@ def drain(
     ids: Iterable[int] | None = None,
     transport: Transport | None = None,
     should_stop: Callable[[], str] | None = None,
+    linger: float = 0.0,
     monotonic: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> DrainResult:
@@ -649,6 +652,8 @@ def drain(
         ids: Only these operations (used by inline dispatch).
         transport: The transport to use (default: the per-thread one).
         should_stop: Returns a non-empty reason when the drain must hand back and stop.
+        linger: When nothing is due but a retry or the end of a pause is due within this many
+            seconds (and within the time limit), wait for it instead of returning.
         monotonic: Monotonic clock for the deadline.
         sleep: Used to wait for rate-limit slots.
     """
@@ -670,17 +675,29 @@ def drain(
     )
     total = DrainResult()
     wanted = list(ids) if ids is not None else None
+    idle_since: float | None = None
     while True:
-        if paused_until()[0] is not None:
-            total.paused = paused_until()[1]
-            break
         reason = stop_reason()
         if reason:
             total.stopped = reason
             break
+        idle_budget = linger - (monotonic() - idle_since) if idle_since is not None else linger
+        until, pause_reason = paused_until()
+        if until is not None:
+            if idle_since is None:
+                idle_since = monotonic()
+            if _linger(until, idle_budget, deadline, monotonic, sleep):
+                continue
+            total.paused = pause_reason
+            break
         batch = claim(app_settings.CLAIM_SIZE, ids=wanted)
         if not batch.operations:
+            if idle_since is None:
+                idle_since = monotonic()
+            if wanted is None and _linger(next_due(), idle_budget, deadline, monotonic, sleep):
+                continue
             break
+        idle_since = None
         total.add(deliverer.deliver(batch))
         if total.paused or total.stopped:
             break
@@ -689,6 +706,35 @@ def drain(
             if not wanted:
                 break
     return total
+
+
+def next_due() -> datetime | None:
+    """When the earliest waiting operation becomes due (``None`` when nothing waits)."""
+    from django.db.models import Min
+
+    value: datetime | None = Operation.objects.filter(
+        status__in=[Status.PENDING, Status.FAILED]
+    ).aggregate(m=Min("next_attempt_at"))["m"]
+    return value
+
+
+def _linger(
+    when: datetime | None,
+    linger: float,
+    deadline: float,
+    monotonic: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> bool:
+    """Sleep until ``when`` if it is within ``linger`` seconds and the deadline; say if we did."""
+    if when is None or linger <= 0:
+        return False
+    wait = max((when - clock.now()).total_seconds(), 0.0)
+    if wait > linger or monotonic() + wait >= deadline:
+        return False
+    # At least a short nap: an operation due now may be blocked behind an earlier one of its
+    # person, and polling for it must not spin.
+    sleep(min(max(wait + 0.01, LINGER_POLL), linger))
+    return True
 
 
 def default_drain_seconds() -> float:

@@ -18,6 +18,7 @@ def drain(max_seconds: float | None = None) -> dict[str, Any]:
     Returns a summary dict (django-q2 stores it as the task result).
     """
     from django_cio_reliable import outbox
+    from django_cio_reliable.conf import app_settings
 
     stopping: list[str] = []
     previous: Any = None
@@ -30,7 +31,9 @@ def drain(max_seconds: float | None = None) -> dict[str, Any]:
         previous = signal.signal(signal.SIGTERM, on_term)
     try:
         result = outbox.drain(
-            max_seconds=max_seconds, should_stop=lambda: stopping[0] if stopping else ""
+            max_seconds=max_seconds,
+            should_stop=lambda: stopping[0] if stopping else "",
+            linger=app_settings.DRAIN_LINGER,
         )
     finally:
         if in_main:

@@ -150,6 +150,7 @@ CASES = [
     Case("cio_reliable.E004", "DRAIN_MAX_SECONDS", cio={"DRAIN_MAX_SECONDS": 0}),
     Case("cio_reliable.E004", "DRAIN_SCHEDULE_MINUTES", cio={"DRAIN_SCHEDULE_MINUTES": 0}),
     Case("cio_reliable.E004", "KICK_DEBOUNCE", cio={"KICK_DEBOUNCE": -0.5}),
+    Case("cio_reliable.E004", "DRAIN_LINGER", cio={"DRAIN_LINGER": -1}),
     Case("cio_reliable.E004", "IDEMPOTENCY_TTL", cio={"IDEMPOTENCY_TTL": 0}),
     Case("cio_reliable.E004", "IDEMPOTENCY_CACHE_SIZE", cio={"IDEMPOTENCY_CACHE_SIZE": -1}),
     Case("cio_reliable.E004", "REPLAY_WINDOW", cio={"REPLAY_WINDOW": -1}),

@@ -468,3 +468,63 @@ def test_queue_status(outbox_mode: FakeCustomerIO) -> None:
     status = outbox.queue_status()
     assert status.counts["pending"] == 2
     assert status.oldest_open_age is not None
+
+
+def test_linger_waits_for_a_retry_due_soon(
+    outbox_mode: FakeCustomerIO, fake_clock: FakeClock, settings: Any
+) -> None:
+    settings.CIO_RELIABLE = {**settings.CIO_RELIABLE, "RETRY_BASE": 1, "RETRY_CAP": 2}
+    op = cio.track(1, "x")
+    outbox_mode.fail_next(1, status=503)
+    naps: list[float] = []
+
+    def nap(seconds: float) -> None:
+        naps.append(seconds)
+        fake_clock.advance(seconds)
+
+    result = outbox.drain(max_seconds=30, linger=5, sleep=nap)
+    assert result.failed == 1
+    assert result.delivered == 1
+    assert naps and sum(naps) <= 5
+    op.refresh_from_db()
+    assert op.status == Status.DELIVERED
+
+
+def test_linger_gives_up_on_work_due_later(
+    outbox_mode: FakeCustomerIO, fake_clock: FakeClock, settings: Any
+) -> None:
+    settings.CIO_RELIABLE = {**settings.CIO_RELIABLE, "RETRY_BASE": 100, "RETRY_CAP": 100}
+    cio.track(1, "x")
+    outbox_mode.fail_next(1, status=503)
+    naps: list[float] = []
+    for _ in range(5):
+        # The backoff is random in [0, 100]: retry until it lands beyond the linger window.
+        Operation.objects.update(status=Status.PENDING, next_attempt_at=fake_clock.now())
+        outbox_mode.fail_next(1, status=503)
+        outbox.drain(max_seconds=30, linger=0.5, sleep=naps.append)
+        op = Operation.objects.get()
+        if (op.next_attempt_at - fake_clock.now()).total_seconds() > 0.5:
+            break
+    naps.clear()
+    result = outbox.drain(max_seconds=30, linger=0.5, sleep=naps.append)
+    assert result.claimed == 0
+    assert naps == []
+
+
+def test_linger_polling_is_bounded_when_work_is_blocked(
+    outbox_mode: FakeCustomerIO, fake_clock: FakeClock
+) -> None:
+    cio.track("p", "first")
+    cio.track("p", "second")
+    held = outbox.claim(1)  # "first" is in flight elsewhere; "second" is blocked behind it
+    assert len(held.operations) == 1
+    naps: list[float] = []
+    ticks = iter(range(1000))
+    result = outbox.drain(
+        max_seconds=30,
+        linger=1.0,
+        sleep=naps.append,
+        monotonic=lambda: next(ticks) * 0.25,
+    )
+    assert result.claimed == 0
+    assert 1 <= len(naps) <= 8

@@ -95,6 +95,6 @@ LOGGING = {
         "django_cio_reliable": {
             "handlers": ["console"],
             "level": os.environ.get("SHOP_CIO_LOG_LEVEL", "WARNING"),
-        }
+        },
     },
 }
