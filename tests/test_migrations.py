@@ -12,8 +12,6 @@ from django.core.management import call_command
 def test_no_missing_migrations() -> None:
     out = StringIO()
     try:
-        call_command(
-            "makemigrations", "django_cio_reliable", check=True, dry_run=True, stdout=out
-        )
+        call_command("makemigrations", "django_cio_reliable", check=True, dry_run=True, stdout=out)
     except SystemExit as exc:  # pragma: no cover - the failure message is the point
         raise AssertionError(f"missing migrations:\n{out.getvalue()}") from exc
