@@ -10,6 +10,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +32,7 @@ def setup(db: str) -> None:
             conn.execute("DROP DATABASE IF EXISTS cio_bench")
             conn.execute("CREATE DATABASE cio_bench")
     else:
-        path = Path(f"/tmp/cio_bench_{os.getpid()}.sqlite3")
+        path = Path(tempfile.gettempdir()) / f"cio_bench_{os.getpid()}.sqlite3"
         os.environ["CIO_BENCH_SQLITE"] = str(path)
         path.unlink(missing_ok=True)
     import django
