@@ -10,7 +10,7 @@ ifeq ($(CI),true)
 TOX_ENVS := $(TOX_ENVS),pg
 endif
 
-.PHONY: demo test quick lint types postgres bench soak clean
+.PHONY: demo test quick lint types postgres browser clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python >= 3.10 is required (set PYTHON=...)")'
@@ -27,6 +27,7 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed
 ifeq ($(CI),true)
 	$(MAKE) postgres
+	$(MAKE) browser
 endif
 	$(BIN)/tox run -e $(TOX_ENVS)
 
@@ -46,6 +47,18 @@ postgres:
 		command -v pg_ctlcluster >/dev/null && \
 		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start; }
 	@pg_isready -h 127.0.0.1 -p 5432
+
+## Debian's Chromium and ChromeDriver for the browser test (installed when missing and we are root)
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \
+		echo "chromium and chromedriver present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq || true) && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null && \
+		echo "installed chromium and chromedriver"; \
+	else \
+		echo "chromium/chromedriver missing and cannot be installed here (the browser test will say so)"; \
+	fi
 
 clean:
 	rm -rf $(VENV) .tox build dist *.egg-info
