@@ -10,7 +10,7 @@ Usage::
 
 from __future__ import annotations
 
-from django_cio_reliable.api import DERIVE, delete, identify, track, track_anonymous
+from django_cio_reliable.api import DERIVE, delete, forget, identify, track, track_anonymous
 from django_cio_reliable.exceptions import DeliveryError, InvalidOperation
 
 __version__ = "0.1.0.dev0"
@@ -21,6 +21,7 @@ __all__ = [
     "InvalidOperation",
     "__version__",
     "delete",
+    "forget",
     "identify",
     "track",
     "track_anonymous",

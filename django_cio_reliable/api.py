@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from django_cio_reliable.models import Operation
+    from django_cio_reliable.privacy import ForgetResult
 
 log = logging.getLogger(__name__)
 
@@ -174,4 +175,22 @@ def delete(customer_id: str | int, *, idempotency_key: str | _Derive | None = No
     return _store("delete", cid, {}, idempotency_key=idempotency_key)
 
 
-__all__ = ["DERIVE", "delete", "identify", "track", "track_anonymous"]
+def forget(customer_id: str | int, *, send_delete: bool = False) -> ForgetResult:
+    """Erase every stored payload and idempotency key of a person.
+
+    Open operations of the person are cancelled (dead, payload erased); an operation already
+    being sent may still reach Customer.io once. See :mod:`django_cio_reliable.privacy`.
+
+    Args:
+        customer_id: The person's id.
+        send_delete: Also enqueue a Customer.io ``delete`` of the person.
+
+    Returns:
+        What was removed.
+    """
+    from django_cio_reliable.privacy import forget as forget_person
+
+    return forget_person(customer_id, send_delete=send_delete)
+
+
+__all__ = ["DERIVE", "delete", "forget", "identify", "track", "track_anonymous"]

@@ -41,7 +41,7 @@ def test_forget_cancels_open_erases_delivered_and_deletes_keys(no_kick: FakeCust
     anon = cio.track_anonymous("alice", "page_viewed", {"path": "/secret"})
     other = cio.track("bob", "order_placed", {"total": 1}, idempotency_key="b-1")
 
-    result = forget("alice")
+    result = cio.forget("alice")
 
     assert (result.cancelled, result.in_flight, result.erased, result.keys) == (2, 0, 1, 2)
     for op in (delivered, pending, anon):
