@@ -185,6 +185,39 @@ CHECKS: Final[dict[str, CheckSpec]] = _build_registry(
         "state in the database.",
     ),
     CheckSpec(
+        "cio_reliable.E015",
+        ERROR,
+        "A HOOKS entry is malformed",
+        "CIO_RELIABLE['HOOKS'][{index}] is not a valid hook definition: {problems}.",
+        "Each entry is a dict with 'kind' (one of {kinds}), 'model' ('app_label.ModelName'), "
+        "'customer_id' (a callable or its dotted path) and the keys of its kind; "
+        "docs/hooks.md lists them.",
+    ),
+    CheckSpec(
+        "cio_reliable.E016",
+        ERROR,
+        "A HOOKS entry names an unknown model",
+        "CIO_RELIABLE['HOOKS'][{index}] ({kind}) names the model {model}, {problem}.",
+        "Set 'model' to the label of an installed, concrete model: 'app_label.ModelName' "
+        "(e.g. 'auth.User').",
+    ),
+    CheckSpec(
+        "cio_reliable.E017",
+        ERROR,
+        "A HOOKS callable cannot be imported or is not callable",
+        "CIO_RELIABLE['HOOKS'][{index}] ({kind}): '{key}' {problem}.",
+        "Give '{key}' the dotted path of a module-level function (e.g. "
+        "'myapp.cio.user_attributes'), or the function itself.",
+    ),
+    CheckSpec(
+        "cio_reliable.E018",
+        ERROR,
+        "A HOOKS entry watches a field its model lacks",
+        "CIO_RELIABLE['HOOKS'][{index}] ({kind}): '{key}' names {fields}, {problem} of {model}.",
+        "Name concrete fields of {model} (a field name, or an attname such as 'user_id'); "
+        "many-to-many fields and reverse relations are not saved with the instance.",
+    ),
+    CheckSpec(
         "cio_reliable.W001",
         WARNING,
         "Unknown key in CIO_RELIABLE",
@@ -244,6 +277,15 @@ CHECKS: Final[dict[str, CheckSpec]] = _build_registry(
         "with aware datetimes; naive ones shift across time zones and DST changes.",
         "Set USE_TZ = True (Django's default).",
     ),
+    CheckSpec(
+        "cio_reliable.W008",
+        WARNING,
+        "Two HOOKS entries share a dispatch uid",
+        "CIO_RELIABLE['HOOKS'][{index}] ({kind}) has the dispatch uid {uid}, like "
+        "CIO_RELIABLE['HOOKS'][{first}]: only the later one is registered.",
+        "Remove the duplicate, or give one of them its own 'dispatch_uid' (two hooks of one "
+        "kind on one model need distinct uids).",
+    ),
 )
 
 #: Ids that were used once and removed. They are never reused for a different check.
@@ -270,7 +312,8 @@ class Rule:
 
     Attributes:
         kind: ``"str"``, ``"bool"``, ``"int"`` (not ``bool``), ``"number"`` (``int`` or
-            ``float``, finite, not ``bool``) or ``"choice"`` (a string from ``choices``).
+            ``float``, finite, not ``bool``), ``"choice"`` (a string from ``choices``) or
+            ``"list"`` (a list or tuple; its items are checked apart).
         low: The lower bound of a numeric setting, or ``None``.
         low_inclusive: Whether ``low`` itself is allowed.
         high: The (inclusive) upper bound of a numeric setting, or ``None``.
@@ -280,7 +323,7 @@ class Rule:
         note: An extra sentence for the hint.
     """
 
-    kind: Literal["str", "bool", "int", "number", "choice"]
+    kind: Literal["str", "bool", "int", "number", "choice", "list"]
     low: float | None = None
     low_inclusive: bool = True
     high: float | None = None
@@ -296,6 +339,8 @@ class Rule:
             text = "a string"
         elif self.kind == "bool":
             text = "True or False"
+        elif self.kind == "list":
+            text = "a list"
         elif self.kind == "choice":
             text = "one of " + ", ".join(repr(choice) for choice in self.choices)
             if self.ignore_case:
@@ -328,6 +373,8 @@ class Rule:
             return None
         if self.kind == "bool":
             return None if isinstance(value, bool) else "type"
+        if self.kind == "list":
+            return None if isinstance(value, (list, tuple)) else "type"
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return "type"
         if self.kind == "int" and not isinstance(value, int):
@@ -346,6 +393,7 @@ class Rule:
 _POSITIVE: Final = Rule("number", low=0, low_inclusive=False)
 _NON_NEGATIVE: Final = Rule("number", low=0)
 _TIMEOUT: Final = Rule("number", low=0, low_inclusive=False, high=300)
+_RATE: Final = Rule("number", low=0, low_inclusive=False, high=1)
 
 #: What every key of ``conf.DEFAULTS`` accepts. Relations between keys are checked apart.
 SETTING_RULES: Final[dict[str, Rule]] = {
@@ -399,6 +447,38 @@ SETTING_RULES: Final[dict[str, Rule]] = {
     "RETAIN_DEAD": _NON_NEGATIVE,
     "PURGE_BATCH_SIZE": Rule("int", low=1),
     "CACHE_ALIAS": Rule("str", nullable=True),
+    "HOOKS": Rule("list", note=" Each entry is a dict; docs/hooks.md describes them."),
+    "BREAKER_FAILURE_RATE_THRESHOLD": _RATE,
+    "BREAKER_WINDOW_SECONDS": Rule("number", low=1),
+    "BREAKER_MINIMUM_CALLS": Rule("int", low=1),
+    "BREAKER_CONSECUTIVE_FAILURES": Rule(
+        "int", low=0, note=" 0 turns the consecutive-failure trigger off."
+    ),
+    "BREAKER_SLOW_CALL_SECONDS": _POSITIVE,
+    "BREAKER_SLOW_CALL_RATE_THRESHOLD": Rule(
+        "number",
+        low=0,
+        low_inclusive=False,
+        high=1,
+        note=" 1.0 (the default) turns the slow-call trigger off.",
+    ),
+    "BREAKER_RESET_TIMEOUT": _POSITIVE,
+    "BREAKER_RESET_TIMEOUT_MULTIPLIER": Rule(
+        "number", low=1, note=" 1.0 keeps the cooldown constant."
+    ),
+    "BREAKER_RESET_TIMEOUT_MAX": _POSITIVE,
+    "BREAKER_HALF_OPEN_MAX_CALLS": Rule("int", low=1, high=100),
+    "BREAKER_PROBE_LEASE_SECONDS": Rule(
+        "number",
+        low=0,
+        low_inclusive=False,
+        nullable=True,
+        note=" None derives it from TIMEOUT + CONNECT_TIMEOUT.",
+    ),
+    "BREAKER_SUCCESS_THRESHOLD": Rule("int", low=1),
+    "BREAKER_CACHE_SECONDS": Rule(
+        "number", low=0, high=60, note=" 0 reads the shared state on every call."
+    ),
 }
 
 
@@ -575,6 +655,41 @@ def _check_relations(valid: dict[str, Any]) -> list[CheckMessage]:
                     "timeouts.",
                 )
             )
+    if (
+        "BREAKER_RESET_TIMEOUT" in valid
+        and "BREAKER_RESET_TIMEOUT_MAX" in valid
+        and valid["BREAKER_RESET_TIMEOUT_MAX"] < valid["BREAKER_RESET_TIMEOUT"]
+    ):
+        messages.append(
+            _message(
+                "cio_reliable.E007",
+                key="BREAKER_RESET_TIMEOUT_MAX",
+                value=_num(valid["BREAKER_RESET_TIMEOUT_MAX"]),
+                relation="at least CIO_RELIABLE['BREAKER_RESET_TIMEOUT']",
+                bound=_num(valid["BREAKER_RESET_TIMEOUT"]),
+                reason="The breaker's cooldown starts at BREAKER_RESET_TIMEOUT and grows up to "
+                "BREAKER_RESET_TIMEOUT_MAX. Raise BREAKER_RESET_TIMEOUT_MAX or lower "
+                "BREAKER_RESET_TIMEOUT.",
+            )
+        )
+    probe_lease = valid.get("BREAKER_PROBE_LEASE_SECONDS")
+    if probe_lease is not None and all(key in valid for key in ("TIMEOUT", "CONNECT_TIMEOUT")):
+        request = _add(valid["TIMEOUT"], valid["CONNECT_TIMEOUT"])
+        if probe_lease <= request:
+            messages.append(
+                _message(
+                    "cio_reliable.E007",
+                    key="BREAKER_PROBE_LEASE_SECONDS",
+                    value=_num(probe_lease),
+                    relation="greater than CIO_RELIABLE['TIMEOUT'] + "
+                    "CIO_RELIABLE['CONNECT_TIMEOUT']",
+                    bound=_num(request),
+                    reason="A half-open probe holds its slot for one request; a lease that "
+                    "expires while the probe is still waiting for Customer.io admits another "
+                    "probe. Raise BREAKER_PROBE_LEASE_SECONDS, or remove it to derive it from "
+                    "the timeouts.",
+                )
+            )
     if all(key in valid for key in ("IDEMPOTENCY_TTL", "MAX_AGE", "REPLAY_WINDOW")):
         needed = _add(valid["MAX_AGE"], valid["REPLAY_WINDOW"])
         if valid["IDEMPOTENCY_TTL"] < needed:
@@ -705,6 +820,74 @@ def check_time_zone(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> l
         A warning when ``USE_TZ`` is ``False``; empty otherwise.
     """
     return [] if settings.USE_TZ else [_message("cio_reliable.W007")]
+
+
+@register(TAG)
+def check_hooks(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
+    """Check the entries of ``CIO_RELIABLE["HOOKS"]``: shape, model, callables and fields.
+
+    Args:
+        app_configs: The apps being checked (unused: settings are global).
+        **kwargs: Other arguments of the check framework.
+
+    Returns:
+        One message per problem; empty when every entry is valid.
+    """
+    raw = _raw_settings()
+    entries = (raw or {}).get("HOOKS", DEFAULTS["HOOKS"])
+    if raw is None or SETTING_RULES["HOOKS"].problem(entries) is not None:
+        return []  # E002 / E003
+    from django_cio_reliable import hooks
+
+    _valid, problems = hooks.parse_settings(entries)
+    kinds = ", ".join(repr(kind) for kind in hooks.KINDS)
+    messages: list[CheckMessage] = []
+    for problem in problems:
+        common: dict[str, object] = {"index": problem.index, "kind": problem.kind}
+        if problem.code == "malformed":
+            messages.append(
+                _message("cio_reliable.E015", problems=problem.detail, kinds=kinds, **common)
+            )
+        elif problem.code == "model":
+            messages.append(
+                _message(
+                    "cio_reliable.E016",
+                    model=problem.params["model"],
+                    problem=problem.detail,
+                    **common,
+                )
+            )
+        elif problem.code == "callable":
+            messages.append(
+                _message(
+                    "cio_reliable.E017", key=problem.params["key"], problem=problem.detail, **common
+                )
+            )
+        elif problem.code == "field":
+            messages.append(
+                _message(
+                    "cio_reliable.E018",
+                    key=problem.params["key"],
+                    fields=problem.detail,
+                    problem=(
+                        "which are not concrete fields"
+                        if "," in problem.detail
+                        else "which is not a concrete field"
+                    ),
+                    model=problem.params["model"],
+                    **common,
+                )
+            )
+        else:
+            messages.append(
+                _message(
+                    "cio_reliable.W008",
+                    uid=problem.params["uid"],
+                    first=problem.params["first"],
+                    **common,
+                )
+            )
+    return messages
 
 
 def registry_table() -> str:

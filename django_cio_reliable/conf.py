@@ -69,7 +69,26 @@ DEFAULTS: Final[dict[str, Any]] = {
     "PURGE_BATCH_SIZE": 1000,
     # Shared state (breaker cache, rate limiter, pauses).
     "CACHE_ALIAS": None,
+    # Model hooks declared in settings (docs/hooks.md).
+    "HOOKS": [],
+    # Circuit breaker: one per destination, shared by every process (docs/breaker.md).
+    "BREAKER_FAILURE_RATE_THRESHOLD": 0.5,
+    "BREAKER_WINDOW_SECONDS": 60.0,
+    "BREAKER_MINIMUM_CALLS": 10,
+    "BREAKER_CONSECUTIVE_FAILURES": 5,
+    "BREAKER_SLOW_CALL_SECONDS": 5.0,
+    "BREAKER_SLOW_CALL_RATE_THRESHOLD": 1.0,
+    "BREAKER_RESET_TIMEOUT": 30.0,
+    "BREAKER_RESET_TIMEOUT_MULTIPLIER": 2.0,
+    "BREAKER_RESET_TIMEOUT_MAX": 300.0,
+    "BREAKER_HALF_OPEN_MAX_CALLS": 1,
+    "BREAKER_PROBE_LEASE_SECONDS": None,
+    "BREAKER_SUCCESS_THRESHOLD": 3,
+    "BREAKER_CACHE_SECONDS": 1.0,
 }
+
+#: Seconds added to ``TIMEOUT + CONNECT_TIMEOUT`` for the default probe lease of the breaker.
+PROBE_LEASE_MARGIN: Final = 5.0
 
 Delivery = Literal["outbox", "direct"]
 Dispatch = Literal["task", "inline"]
@@ -258,6 +277,68 @@ class Settings:
     def CACHE_ALIAS(self) -> str | None:
         value = self.get("CACHE_ALIAS")
         return None if value is None else str(value)
+
+    @property
+    def HOOKS(self) -> list[Any]:
+        """The hook definitions (dicts); a value that is not a list reads as none."""
+        value = self.get("HOOKS")
+        return list(value) if isinstance(value, (list, tuple)) else []
+
+    @property
+    def BREAKER_FAILURE_RATE_THRESHOLD(self) -> float:
+        return float(self.get("BREAKER_FAILURE_RATE_THRESHOLD"))
+
+    @property
+    def BREAKER_WINDOW_SECONDS(self) -> float:
+        return float(self.get("BREAKER_WINDOW_SECONDS"))
+
+    @property
+    def BREAKER_MINIMUM_CALLS(self) -> int:
+        return int(self.get("BREAKER_MINIMUM_CALLS"))
+
+    @property
+    def BREAKER_CONSECUTIVE_FAILURES(self) -> int:
+        return int(self.get("BREAKER_CONSECUTIVE_FAILURES"))
+
+    @property
+    def BREAKER_SLOW_CALL_SECONDS(self) -> float:
+        return float(self.get("BREAKER_SLOW_CALL_SECONDS"))
+
+    @property
+    def BREAKER_SLOW_CALL_RATE_THRESHOLD(self) -> float:
+        return float(self.get("BREAKER_SLOW_CALL_RATE_THRESHOLD"))
+
+    @property
+    def BREAKER_RESET_TIMEOUT(self) -> float:
+        return float(self.get("BREAKER_RESET_TIMEOUT"))
+
+    @property
+    def BREAKER_RESET_TIMEOUT_MULTIPLIER(self) -> float:
+        return float(self.get("BREAKER_RESET_TIMEOUT_MULTIPLIER"))
+
+    @property
+    def BREAKER_RESET_TIMEOUT_MAX(self) -> float:
+        return float(self.get("BREAKER_RESET_TIMEOUT_MAX"))
+
+    @property
+    def BREAKER_HALF_OPEN_MAX_CALLS(self) -> int:
+        return int(self.get("BREAKER_HALF_OPEN_MAX_CALLS"))
+
+    @property
+    def BREAKER_PROBE_LEASE_SECONDS(self) -> float:
+        """The probe lease; ``None`` (default) derives it from the request timeouts."""
+        value = self.get("BREAKER_PROBE_LEASE_SECONDS")
+        if value is None:
+            return self.TIMEOUT + self.CONNECT_TIMEOUT + PROBE_LEASE_MARGIN
+        return float(value)
+
+    @property
+    def BREAKER_SUCCESS_THRESHOLD(self) -> int:
+        return int(self.get("BREAKER_SUCCESS_THRESHOLD"))
+
+    @property
+    def BREAKER_CACHE_SECONDS(self) -> float:
+        return float(self.get("BREAKER_CACHE_SECONDS"))
 
     def __repr__(self) -> str:
         return f"<django-cio-reliable settings site_id={self.SITE_ID!r} region={self.REGION!r}>"

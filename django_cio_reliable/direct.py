@@ -5,16 +5,22 @@ The operation is stored first (in the caller's transaction), then sent at once w
 any failure leaves it to the drain (or dead-letters it for a permanent error). Unlike the
 outbox mode, a crash in the middle of the call, or a rollback after it, cannot undo a request
 that already reached Customer.io.
+
+Every try goes through the circuit breaker: while it refuses (open, forced open, or half-open
+with every probe slot taken) the operation is only stored and the call returns at once, with
+no request and, in the closed or open state, no query for the breaker.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+import time
 from datetime import timedelta
 from typing import Any
 
 from django_cio_reliable import clock, outbox
+from django_cio_reliable.breaker import get_breaker, outcome_for
 from django_cio_reliable.conf import app_settings
 from django_cio_reliable.exceptions import DeliveryError
 from django_cio_reliable.models import Operation
@@ -44,7 +50,13 @@ def send_or_store(
     )
     if not created:
         return operation
+    breaker = get_breaker()
+    permit = breaker.allow()
+    if permit is None:
+        log.debug("cio: breaker refuses; operation %s stored for the drain", operation.pk)
+        return operation
     if outbox.paused_until()[0] is not None:
+        breaker.cancel(permit)
         return operation
     now = clock.now()
     token = secrets.token_hex(16)
@@ -53,6 +65,7 @@ def send_or_store(
         status=Operation.Status.SENDING, lease_token=token, lease_expires_at=now + lease
     )
     if not claimed:
+        breaker.cancel(permit)
         return operation
     claim = outbox.Claim(token=token, operations=[operation])
     transport = get_transport()
@@ -60,19 +73,32 @@ def send_or_store(
         transport=transport,
         policy=RetryPolicy.from_settings(),
         limiter=outbox.RateLimiter(),
+        breaker=breaker,
     )
     result = outbox.DrainResult(claimed=1)
     last_error: DeliveryError | None = None
     for attempt in range(1, max(1, app_settings.DIRECT_ATTEMPTS) + 1):
+        if permit is None:
+            permit = breaker.allow()
+            if permit is None:
+                # The breaker opened (or is probing) after the first try: leave it to the drain.
+                break
         Operation.objects.filter(pk=operation.pk, lease_token=token).update(attempts=attempt)
         operation.attempts = attempt
+        started = time.monotonic()
         try:
             transport.send(kind, customer_id, operation.payload)  # type: ignore[arg-type]
         except DeliveryError as error:
+            breaker.record(permit, outcome_for(error, time.monotonic() - started))
+            permit = None
             last_error = error
             if classify(error) != "retry":
                 break
             continue
+        except BaseException:
+            breaker.cancel(permit)
+            raise
+        breaker.record(permit, outcome_for(None, time.monotonic() - started))
         outbox.ack_delivered(claim, [operation])
         return operation
     if last_error is not None:

@@ -4,7 +4,8 @@
   Kicks are debounced per process (at most one every ``KICK_DEBOUNCE`` seconds, with one
   trailing kick so the last commit of a burst is not left waiting for the schedule).
 - ``DISPATCH="inline"``: after commit, deliver the transaction's operations in the committing
-  thread. Simple, but the request waits for Customer.io.
+  thread. Simple, but the request waits for Customer.io — except while the circuit breaker
+  refuses calls: then the committed operations are left to the drain at once, with no query.
 
 Whatever is missed (a process that died before its kick, a kick lost with a broker) is drained by
 the django-q2 schedule that :func:`ensure_schedules` creates after ``migrate``.
@@ -59,7 +60,7 @@ class _Kicker:
             else:
                 send = False
                 if self.timer is None:
-                    self.timer = threading.Timer(wait, self._trailing)
+                    self.timer = threading.Timer(min(wait, 3600.0), self._trailing)
                     self.timer.daemon = True
                     self.timer.start()
         if send:
@@ -106,6 +107,11 @@ def operation_committed(operation: Operation) -> None:
 
 
 def _deliver_inline(operation_id: int) -> None:
+    from django_cio_reliable.breaker import get_breaker
+
+    if get_breaker().refusing():
+        # Open breaker: stored and committed; the drain delivers it once the breaker lets it.
+        return
     pending: list[int] = getattr(_inline, "pending", None) or []
     pending.append(operation_id)
     _inline.pending = pending

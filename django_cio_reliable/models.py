@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from django.conf import settings
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
@@ -150,3 +151,79 @@ class DeadLetter(Operation):
         proxy = True
         verbose_name = _("dead letter")
         verbose_name_plural = _("dead letters")
+
+
+class BreakerState(models.Model):
+    """The circuit breaker of one destination, shared by every process.
+
+    ``data`` holds the whole state of :class:`django_cio_reliable.breaker_core.BreakerState`
+    as JSON; the other columns repeat parts of it for the admin and the health check. The row
+    is only ever changed by a compare-and-set on ``version`` (see
+    :mod:`django_cio_reliable.breaker`): never edit it by hand, use ``Breaker.force()``.
+    """
+
+    class State(models.TextChoices):
+        CLOSED = "closed", _("closed")
+        OPEN = "open", _("open")
+        HALF_OPEN = "half_open", _("half-open")
+
+    class Mode(models.TextChoices):
+        AUTO = "auto", _("automatic")
+        FORCED_OPEN = "forced_open", _("forced open")
+        FORCED_CLOSED = "forced_closed", _("forced closed")
+        DISABLED = "disabled", _("disabled (metrics only)")
+
+    destination = models.CharField(max_length=300, unique=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.CLOSED)
+    mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.AUTO)
+    version = models.PositiveBigIntegerField(default=0)
+    data: models.JSONField[Any, Any] = models.JSONField(default=dict, blank=True)
+    opened_at = models.DateTimeField(
+        null=True, blank=True, help_text=_("When the breaker last opened (null while closed).")
+    )
+    open_since = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text=_("When it left the closed state (kept through re-opens)."),
+    )
+    updated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("breaker state")
+        verbose_name_plural = _("breaker states")
+
+    def __str__(self) -> str:
+        return f"{self.destination.split('#', 1)[0]}: {self.state} ({self.mode})"
+
+
+class BreakerEvent(models.Model):
+    """One transition of a circuit breaker (state or mode), kept for operators."""
+
+    destination = models.CharField(max_length=300)
+    from_state = models.CharField(max_length=16, choices=BreakerState.State.choices)
+    to_state = models.CharField(max_length=16, choices=BreakerState.State.choices)
+    from_mode = models.CharField(max_length=16, choices=BreakerState.Mode.choices)
+    to_mode = models.CharField(max_length=16, choices=BreakerState.Mode.choices)
+    reason = models.CharField(max_length=500, blank=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    username = models.CharField(
+        max_length=150, blank=True, help_text=_("Who forced it (kept if the user is deleted).")
+    )
+    created_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name = _("breaker event")
+        verbose_name_plural = _("breaker events")
+        ordering = ("-created_at", "-id")
+        indexes = (
+            models.Index(fields=("destination", "created_at"), name="cio_breaker_event_dest"),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.from_state} → {self.to_state}: {self.reason}"

@@ -9,6 +9,8 @@ Invariants:
   expired cannot overwrite a newer result.
 - Per-person order: an operation is never claimed while an earlier operation of the same person
   is still open (pending, sending or failed).
+- The circuit breaker (:mod:`django_cio_reliable.breaker`) is asked before anything is claimed
+  and before every request; a refusal hands back what was claimed without using up attempts.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from django.db.models import Case, Exists, F, OuterRef, Q, QuerySet, Value, When
 from django.dispatch import Signal
 
 from django_cio_reliable import clock, signals
+from django_cio_reliable.breaker import Breaker, Permit, get_breaker, outcome_for
 from django_cio_reliable.conf import app_settings
 from django_cio_reliable.exceptions import DeliveryError
 from django_cio_reliable.idempotency import key_cache, new_event_id
@@ -246,7 +249,8 @@ class RateLimiter:
 
     def reserve(self, count: int = 1) -> float:
         """Reserve ``count`` request slots; return the time (clock units) the first may start."""
-        interval = 1.0 / app_settings.RATE_LIMIT
+        # A microsecond of slack per slot keeps float drift from ever exceeding the rate.
+        interval = 1.0 / app_settings.RATE_LIMIT + 1e-6
         delivery_state()
         using = router.db_for_write(DeliveryState) or "default"
         with transaction.atomic(using=using):
@@ -475,7 +479,12 @@ def ack_failed(
 
 @dataclass
 class DrainResult:
-    """What one drain run did."""
+    """What one drain run did.
+
+    ``breaker`` is set when the circuit breaker refused a request and the run stopped (or
+    handed back) because of it: ``"open"``, ``"half_open"`` (every probe slot taken) or
+    ``"forced_open"``; empty otherwise.
+    """
 
     claimed: int = 0
     delivered: int = 0
@@ -485,6 +494,7 @@ class DrainResult:
     requests: int = 0
     paused: str = ""
     stopped: str = ""
+    breaker: str = ""
     errors: list[str] = field(default_factory=list)
 
     def add(self, other: DrainResult) -> None:
@@ -493,17 +503,31 @@ class DrainResult:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.paused = other.paused or self.paused
         self.stopped = other.stopped or self.stopped
+        self.breaker = other.breaker or self.breaker
         self.errors.extend(other.errors)
+
+
+def _refusal(breaker: Breaker) -> str:
+    """How a breaker that just refused a call is reported in :attr:`DrainResult.breaker`."""
+    snapshot = breaker.snapshot()
+    if snapshot.mode == "forced_open":
+        return "forced_open"
+    return snapshot.state if snapshot.state != "closed" else "open"
 
 
 @dataclass
 class Deliverer:
-    """Sends claimed operations and records every outcome."""
+    """Sends claimed operations and records every outcome (in the outbox and the breaker).
+
+    Every HTTP request takes a permit from the circuit breaker first and reports its outcome
+    to it; a half-open probe is one request of one operation.
+    """
 
     transport: Transport
     policy: RetryPolicy
     limiter: RateLimiter
     should_stop: Callable[[], str] = field(default=lambda: "")
+    breaker: Breaker = field(default_factory=get_breaker)
 
     def _batches(self, operations: Sequence[Operation]) -> list[list[Operation]]:
         """Group operations into requests: batches within the caps, oversized ones alone."""
@@ -528,35 +552,67 @@ class Deliverer:
             groups.append(current)
         return groups
 
-    def deliver(self, claim_: Claim) -> DrainResult:
-        """Send every operation of ``claim_``; unsent ones are handed back when stopping."""
+    def deliver(self, claim_: Claim, permit: Permit | None = None) -> DrainResult:
+        """Send every operation of ``claim_``; unsent ones are handed back when stopping.
+
+        Args:
+            claim_: The claimed operations.
+            permit: A breaker permit already taken for the first request (the drain takes one
+                before it claims); every other request asks the breaker itself.
+
+        Returns:
+            What was done. When the breaker refuses a request, the operations not sent yet
+            are handed back (no attempt used) and ``breaker`` says why.
+        """
         result = DrainResult(claimed=len(claim_.operations))
         groups = self._batches(claim_.operations)
-        for index, group in enumerate(groups):
+        index = 0
+        while index < len(groups):
+            group = groups[index]
             remaining = [op for g in groups[index:] for op in g]
             until, reason = paused_until()
             stop = self.should_stop()
             if until is not None or stop:
+                self.breaker.cancel(permit)
                 result.released += release(claim_, remaining, at=until)
                 result.paused = reason
                 result.stopped = stop
                 return result
             self.limiter.acquire()
-            result.requests += 1
-            outcome = self._send_group(claim_, group, result)
-            if outcome == "paused":
-                rest = [op for g in groups[index + 1 :] for op in g]
-                result.released += release(claim_, rest, at=paused_until()[0])
+            if permit is None:
+                permit = self.breaker.allow()
+            if permit is None:
+                result.released += release(claim_, remaining)
+                result.breaker = _refusal(self.breaker)
                 return result
+            if permit.is_probe and len(group) > 1:
+                # A probe is one request of one operation: the rest waits for the verdict.
+                groups[index : index + 1] = [group[:1], group[1:]]
+                group = groups[index]
+            result.requests += 1
+            outcome = self._send_group(claim_, group, result, permit)
+            permit = None
+            if outcome in ("paused", "refused"):
+                rest = [op for g in groups[index + 1 :] for op in g]
+                result.released += release(
+                    claim_, rest, at=paused_until()[0] if outcome == "paused" else None
+                )
+                return result
+            index += 1
         return result
 
-    def _send_group(self, claim_: Claim, group: list[Operation], result: DrainResult) -> str:
+    def _send_group(
+        self, claim_: Claim, group: list[Operation], result: DrainResult, permit: Permit
+    ) -> str:
+        """Send one request; returns ``ok``, ``paused`` or ``refused`` (by the breaker)."""
         if len(group) == 1 and not (app_settings.BATCH and _fits_batch(group[0])):
-            return self._send_single(claim_, group[0], result)
+            return self._send_single(claim_, group[0], result, permit)
         items = [BatchItem(op.kind, op.customer_id, op.payload) for op in group]  # type: ignore[arg-type]
+        started = time.monotonic()
         try:
             outcomes = self.transport.send_batch(items)
         except DeliveryError as error:
+            self.breaker.record(permit, outcome_for(error, time.monotonic() - started))
             if error.kind == "permanent":
                 # The whole request was refused: find the bad operations one at a time.
                 log.warning(
@@ -564,13 +620,20 @@ class Deliverer:
                     len(group),
                     error.status,
                 )
-                for op in group:
-                    if self._send_single(claim_, op, result) == "paused":
-                        rest = group[group.index(op) + 1 :]
-                        result.released += release(claim_, rest, at=paused_until()[0])
-                        return "paused"
+                for position, op in enumerate(group):
+                    single = self._send_single(claim_, op, result, None)
+                    if single in ("paused", "refused"):
+                        first_unsent = position + 1 if single == "paused" else position
+                        rest = group[first_unsent:]
+                        at = paused_until()[0] if single == "paused" else None
+                        result.released += release(claim_, rest, at=at)
+                        return single
                 return "ok"
             return self._handle_error(claim_, group, error, result)
+        except BaseException:
+            self.breaker.cancel(permit)
+            raise
+        self.breaker.record(permit, outcome_for(None, time.monotonic() - started))
         delivered = [op for op, err in zip(group, outcomes, strict=True) if err is None]
         result.delivered += len(delivered)
         ack_delivered(claim_, delivered)
@@ -581,11 +644,26 @@ class Deliverer:
             clear_auth_failure()
         return "ok"
 
-    def _send_single(self, claim_: Claim, op: Operation, result: DrainResult) -> str:
+    def _send_single(
+        self, claim_: Claim, op: Operation, result: DrainResult, permit: Permit | None
+    ) -> str:
+        """Send one operation alone; without a ``permit``, ask the breaker for one first."""
+        if permit is None:
+            permit = self.breaker.allow()
+            if permit is None:
+                result.breaker = _refusal(self.breaker)
+                return "refused"
+            result.requests += 1
+        started = time.monotonic()
         try:
             self.transport.send(op.kind, op.customer_id, op.payload)  # type: ignore[arg-type]
         except DeliveryError as error:
+            self.breaker.record(permit, outcome_for(error, time.monotonic() - started))
             return self._handle_error(claim_, [op], error, result)
+        except BaseException:
+            self.breaker.cancel(permit)
+            raise
+        self.breaker.record(permit, outcome_for(None, time.monotonic() - started))
         result.delivered += 1
         ack_delivered(claim_, [op])
         clear_auth_failure()
@@ -652,8 +730,9 @@ def drain(
         ids: Only these operations (used by inline dispatch).
         transport: The transport to use (default: the per-thread one).
         should_stop: Returns a non-empty reason when the drain must hand back and stop.
-        linger: When nothing is due but a retry or the end of a pause is due within this many
-            seconds (and within the time limit), wait for it instead of returning.
+        linger: When nothing is due but a retry, the end of a pause or the end of the circuit
+            breaker's cooldown is due within this many seconds (and within the time limit),
+            wait for it instead of returning.
         monotonic: Monotonic clock for the deadline.
         sleep: Used to wait for rate-limit slots.
     """
@@ -667,11 +746,13 @@ def drain(
             return reason
         return "time limit" if monotonic() >= deadline else ""
 
+    breaker = get_breaker()
     deliverer = Deliverer(
         transport=transport or get_transport(),
         policy=RetryPolicy.from_settings(),
         limiter=RateLimiter(sleep=sleep),
         should_stop=stop_reason,
+        breaker=breaker,
     )
     total = DrainResult()
     wanted = list(ids) if ids is not None else None
@@ -690,22 +771,51 @@ def drain(
                 continue
             total.paused = pause_reason
             break
-        batch = claim(app_settings.CLAIM_SIZE, ids=wanted)
+        # Ask the breaker before claiming: an open breaker claims nothing and burns nothing.
+        permit = breaker.allow()
+        if permit is None:
+            total.breaker = _refusal(breaker)
+            if idle_since is None:
+                idle_since = monotonic()
+            if _linger(_breaker_retry_at(breaker), idle_budget, deadline, monotonic, sleep):
+                continue
+            break
+        total.breaker = ""
+        # A half-open probe is one request of one operation.
+        size = 1 if permit.is_probe else app_settings.CLAIM_SIZE
+        batch = claim(size, ids=wanted)
         if not batch.operations:
+            breaker.cancel(permit)
             if idle_since is None:
                 idle_since = monotonic()
             if wanted is None and _linger(next_due(), idle_budget, deadline, monotonic, sleep):
                 continue
             break
         idle_since = None
-        total.add(deliverer.deliver(batch))
+        part = deliverer.deliver(batch, permit=permit)
+        total.add(part)
         if total.paused or total.stopped:
             break
+        if part.breaker:
+            # Refused mid-claim: the rest was handed back; ask again at the top.
+            continue
         if wanted is not None:
             wanted = [i for i in wanted if i not in {op.pk for op in batch.operations}]
             if not wanted:
                 break
     return total
+
+
+def _breaker_retry_at(breaker: Breaker) -> datetime | None:
+    """When asking a refusing breaker again may succeed (``None``: not by waiting)."""
+    snapshot = breaker.snapshot()
+    if snapshot.retry_at is None:
+        return None
+    if snapshot.state == "half_open":
+        # A probe may finish before its lease ends; this process sees that after its cache.
+        soon = clock.now() + timedelta(seconds=max(breaker.cache_seconds, LINGER_POLL))
+        return min(snapshot.retry_at, soon)
+    return snapshot.retry_at
 
 
 def next_due() -> datetime | None:

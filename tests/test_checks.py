@@ -37,6 +37,7 @@ CHECK_FUNCTIONS = (
     checks.check_task_queue,
     checks.check_cache,
     checks.check_time_zone,
+    checks.check_hooks,
 )
 
 #: Every id ever shipped and what it means. Ids are stable: never change the meaning of one;
@@ -56,6 +57,10 @@ SHIPPED = {
     "cio_reliable.E012": "Q_CLUSTER timeout is not smaller than retry",
     "cio_reliable.E013": "DRAIN_MAX_SECONDS is not smaller than Q_CLUSTER timeout",
     "cio_reliable.E014": "CACHE_ALIAS names no configured cache",
+    "cio_reliable.E015": "A HOOKS entry is malformed",
+    "cio_reliable.E016": "A HOOKS entry names an unknown model",
+    "cio_reliable.E017": "A HOOKS callable cannot be imported or is not callable",
+    "cio_reliable.E018": "A HOOKS entry watches a field its model lacks",
     "cio_reliable.W001": "Unknown key in CIO_RELIABLE",
     "cio_reliable.W002": "TRACK_URL sends the API key in cleartext",
     "cio_reliable.W003": "health_check is not installed",
@@ -63,6 +68,7 @@ SHIPPED = {
     "cio_reliable.W005": "Q_CLUSTER has no timeout",
     "cio_reliable.W006": "CACHE_ALIAS names a process-local cache",
     "cio_reliable.W007": "USE_TZ is False",
+    "cio_reliable.W008": "Two HOOKS entries share a dispatch uid",
 }
 
 
@@ -109,6 +115,13 @@ class Case:
 
 BROKERLESS = {"name": "cio", "timeout": 60, "retry": 120}
 
+#: A valid CIO_RELIABLE["HOOKS"] entry (the callables live in tests/hookapp/cio.py).
+HOOK = {
+    "kind": "identify_on_save",
+    "model": "hookapp.Customer",
+    "customer_id": "tests.hookapp.cio.customer_id",
+}
+
 CASES = [
     Case("cio_reliable.E001", "SITE_ID", cio={"SITE_ID": ""}),
     Case("cio_reliable.E001", "SITE_ID", cio={"SITE_ID": "   "}),
@@ -129,6 +142,7 @@ CASES = [
     Case("cio_reliable.E003", "CACHE_ALIAS", cio={"CACHE_ALIAS": 0}),
     Case("cio_reliable.E003", "DRAIN_MAX_SECONDS", cio={"DRAIN_MAX_SECONDS": "30"}),
     Case("cio_reliable.E003", "RATE_LIMIT", cio={"RATE_LIMIT": None}),
+    Case("cio_reliable.E003", "HOOKS", cio={"HOOKS": HOOK}),
     Case("cio_reliable.E004", "TIMEOUT", cio={"TIMEOUT": 0}),
     Case("cio_reliable.E004", "TIMEOUT", cio={"TIMEOUT": 301}),
     Case("cio_reliable.E004", "TIMEOUT", cio={"TIMEOUT": float("nan")}),
@@ -157,6 +171,52 @@ CASES = [
     Case("cio_reliable.E004", "RETAIN_DELIVERED", cio={"RETAIN_DELIVERED": -1}),
     Case("cio_reliable.E004", "RETAIN_DEAD", cio={"RETAIN_DEAD": -1}),
     Case("cio_reliable.E004", "PURGE_BATCH_SIZE", cio={"PURGE_BATCH_SIZE": 0}),
+    Case(
+        "cio_reliable.E004",
+        "BREAKER_FAILURE_RATE_THRESHOLD",
+        cio={"BREAKER_FAILURE_RATE_THRESHOLD": 0},
+    ),
+    Case(
+        "cio_reliable.E004",
+        "BREAKER_FAILURE_RATE_THRESHOLD",
+        cio={"BREAKER_FAILURE_RATE_THRESHOLD": 50},
+    ),
+    Case("cio_reliable.E004", "BREAKER_WINDOW_SECONDS", cio={"BREAKER_WINDOW_SECONDS": 0.5}),
+    Case("cio_reliable.E004", "BREAKER_MINIMUM_CALLS", cio={"BREAKER_MINIMUM_CALLS": 0}),
+    Case(
+        "cio_reliable.E004",
+        "BREAKER_CONSECUTIVE_FAILURES",
+        cio={"BREAKER_CONSECUTIVE_FAILURES": -1},
+    ),
+    Case("cio_reliable.E004", "BREAKER_SLOW_CALL_SECONDS", cio={"BREAKER_SLOW_CALL_SECONDS": 0}),
+    Case(
+        "cio_reliable.E004",
+        "BREAKER_SLOW_CALL_RATE_THRESHOLD",
+        cio={"BREAKER_SLOW_CALL_RATE_THRESHOLD": 1.5},
+    ),
+    Case("cio_reliable.E004", "BREAKER_RESET_TIMEOUT", cio={"BREAKER_RESET_TIMEOUT": 0}),
+    Case(
+        "cio_reliable.E004",
+        "BREAKER_RESET_TIMEOUT_MULTIPLIER",
+        cio={"BREAKER_RESET_TIMEOUT_MULTIPLIER": 0.5},
+    ),
+    Case("cio_reliable.E004", "BREAKER_RESET_TIMEOUT_MAX", cio={"BREAKER_RESET_TIMEOUT_MAX": -1}),
+    Case(
+        "cio_reliable.E004", "BREAKER_HALF_OPEN_MAX_CALLS", cio={"BREAKER_HALF_OPEN_MAX_CALLS": 0}
+    ),
+    Case(
+        "cio_reliable.E004",
+        "BREAKER_HALF_OPEN_MAX_CALLS",
+        cio={"BREAKER_HALF_OPEN_MAX_CALLS": 101},
+    ),
+    Case(
+        "cio_reliable.E004",
+        "BREAKER_PROBE_LEASE_SECONDS",
+        cio={"BREAKER_PROBE_LEASE_SECONDS": 0},
+    ),
+    Case("cio_reliable.E004", "BREAKER_SUCCESS_THRESHOLD", cio={"BREAKER_SUCCESS_THRESHOLD": 0}),
+    Case("cio_reliable.E004", "BREAKER_CACHE_SECONDS", cio={"BREAKER_CACHE_SECONDS": -0.1}),
+    Case("cio_reliable.E004", "BREAKER_CACHE_SECONDS", cio={"BREAKER_CACHE_SECONDS": 61}),
     Case("cio_reliable.E005", "REGION", cio={"REGION": "asia"}),
     Case("cio_reliable.E005", "DELIVERY", cio={"DELIVERY": "Outbox"}),
     Case("cio_reliable.E005", "DISPATCH", cio={"DISPATCH": "celery"}),
@@ -171,6 +231,16 @@ CASES = [
     Case("cio_reliable.E007", "RETRY_CAP", cio={"RETRY_BASE": 2, "RETRY_CAP": 1.5}),
     Case("cio_reliable.E007", "LEASE_SECONDS", cio={"LEASE_SECONDS": 13.05}),
     Case("cio_reliable.E007", "LEASE_SECONDS", cio={"TIMEOUT": 200, "LEASE_SECONDS": 180}),
+    Case(
+        "cio_reliable.E007",
+        "BREAKER_RESET_TIMEOUT_MAX",
+        cio={"BREAKER_RESET_TIMEOUT": 60, "BREAKER_RESET_TIMEOUT_MAX": 30},
+    ),
+    Case(
+        "cio_reliable.E007",
+        "BREAKER_PROBE_LEASE_SECONDS",
+        cio={"BREAKER_PROBE_LEASE_SECONDS": 13.05},
+    ),
     Case("cio_reliable.E008", "IDEMPOTENCY_TTL", cio={"IDEMPOTENCY_TTL": 864_000 - 1}),
     Case("cio_reliable.E008", "REPLAY_WINDOW", cio={"REPLAY_WINDOW": 30 * 24 * 3600}),
     Case("cio_reliable.E008", "MAX_AGE", cio={"MAX_AGE": 1e308, "REPLAY_WINDOW": 10**400}),
@@ -203,6 +273,26 @@ CASES = [
     ),
     Case("cio_reliable.E013", "DRAIN_MAX_SECONDS", cio={"DRAIN_MAX_SECONDS": 60}),
     Case("cio_reliable.E014", "CACHE_ALIAS", cio={"CACHE_ALIAS": "shared"}),
+    Case(
+        "cio_reliable.E015",
+        "identify_on_create",
+        cio={"HOOKS": [{**HOOK, "kind": "identify_on_create"}]},
+    ),
+    Case(
+        "cio_reliable.E015",
+        "'customer_id'",
+        cio={"HOOKS": [{"kind": "delete_on_delete", "model": "hookapp.Customer"}]},
+    ),
+    Case(
+        "cio_reliable.E015", "not a dict", cio={"HOOKS": [("identify_on_save", "hookapp.Customer")]}
+    ),
+    Case("cio_reliable.E016", "hookapp.Nope", cio={"HOOKS": [{**HOOK, "model": "hookapp.Nope"}]}),
+    Case(
+        "cio_reliable.E017",
+        "tests.hookapp.cio.nope",
+        cio={"HOOKS": [{**HOOK, "customer_id": "tests.hookapp.cio.nope"}]},
+    ),
+    Case("cio_reliable.E018", "emial", cio={"HOOKS": [{**HOOK, "fields": ["emial"]}]}),
     Case("cio_reliable.W001", "TIMEOTU", cio={"TIMEOTU": 5}),
     Case("cio_reliable.W001", "API_KEYS", cio={"API_KEYS": SECRET}),
     Case("cio_reliable.W002", "TRACK_URL", cio={"TRACK_URL": "http://fake-cio:8765"}),
@@ -232,6 +322,7 @@ CASES = [
         django={"CACHES": caches(files="django.core.cache.backends.filebased.FileBasedCache")},
     ),
     Case("cio_reliable.W007", "USE_TZ", django={"USE_TZ": False}),
+    Case("cio_reliable.W008", "dispatch uid", cio={"HOOKS": [HOOK, HOOK]}),
 ]
 
 
@@ -276,6 +367,27 @@ def test_good_test_settings_raise_nothing() -> None:
         pytest.param({"MAX_ATTEMPTS": 10**400, "CLAIM_SIZE": 10**400}, id="huge-ints"),
         pytest.param({"DRAIN_MAX_SECONDS": 59.5}, id="drain-under-q-timeout"),
         pytest.param({"MAX_AGE": 3600, "REPLAY_WINDOW": 0, "IDEMPOTENCY_TTL": 3600}, id="ttl=max"),
+        pytest.param(
+            {
+                "BREAKER_FAILURE_RATE_THRESHOLD": 1,
+                "BREAKER_SLOW_CALL_RATE_THRESHOLD": 0.01,
+                "BREAKER_WINDOW_SECONDS": 1,
+                "BREAKER_MINIMUM_CALLS": 1,
+                "BREAKER_CONSECUTIVE_FAILURES": 0,
+                "BREAKER_RESET_TIMEOUT": 5,
+                "BREAKER_RESET_TIMEOUT_MULTIPLIER": 1,
+                "BREAKER_RESET_TIMEOUT_MAX": 5,
+                "BREAKER_HALF_OPEN_MAX_CALLS": 100,
+                "BREAKER_PROBE_LEASE_SECONDS": 13.06,
+                "BREAKER_SUCCESS_THRESHOLD": 1,
+                "BREAKER_CACHE_SECONDS": 0,
+            },
+            id="breaker-boundaries",
+        ),
+        pytest.param(
+            {"TIMEOUT": 300, "CONNECT_TIMEOUT": 300, "LEASE_SECONDS": 601},
+            id="derived-probe-lease-follows-timeouts",
+        ),
     ],
 )
 def test_good_variants_raise_nothing(settings: Settings, cio: dict[str, Any]) -> None:

@@ -2,7 +2,8 @@
 
 Exit codes: 0 success (including a dry run and "nothing matched"); 1 ``--now`` left operations
 failed or dead again, or stopped early; 2 bad arguments; 3 ``--now`` refused (delivery is
-paused because Customer.io rejected the credentials) and nothing was changed.
+paused because Customer.io rejected the credentials, or the circuit breaker is open) and nothing
+was changed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from django_cio_reliable import clock, outbox
+from django_cio_reliable import breaker, clock, outbox
 from django_cio_reliable.conf import app_settings
 from django_cio_reliable.models import DeliveryState, Operation
 
@@ -62,6 +63,10 @@ CHUNK_MAX_SECONDS = 3600.0
 MAX_RATE_LIMIT_WAITS = 20
 #: ``--now`` without a terminal: seconds between two progress lines.
 PROGRESS_INTERVAL = 5.0
+#: ``--now``: how often to wait for a half-open breaker's probe slot before giving up on a chunk.
+MAX_PROBE_WAITS = 120
+#: Who a breaker reset by ``--force`` is attributed to on its breaker event.
+FORCE_ACTOR = "manage.py cio_replay --now --force"
 
 
 def _bad(message: str) -> CommandError:
@@ -256,32 +261,75 @@ def requeue(ids: Sequence[int], statuses: Sequence[str], *, reset_attempts: bool
     return total
 
 
+def _breaker_refusal() -> str | None:
+    """Why the circuit breaker refuses ``--now`` (``None`` when it admits calls or probes)."""
+    snapshot = breaker.get_breaker().snapshot(fresh=True)
+    if snapshot.mode == "forced_open":
+        return (
+            "the circuit breaker was forced open by an operator (a kill switch); set it back "
+            "to automatic in the admin first (or pass --force to reset it for every worker "
+            "and try now)"
+        )
+    if (
+        snapshot.state == "open"
+        and snapshot.retry_at is not None
+        and snapshot.retry_at > clock.now()
+    ):
+        return (
+            f"the circuit breaker is open (Customer.io is failing) until at least "
+            f"{_when(snapshot.retry_at)}; the drain workers resume by themselves once "
+            "Customer.io answers again (or pass --force to reset the breaker for every "
+            "worker and try now)"
+        )
+    return None
+
+
 def _refuse_reason() -> str | None:
     """Why ``--now`` must not deliver at the moment (``None`` when it may).
 
-    Every condition that ``--force`` overrides is checked here, and only here.
+    Every condition that ``--force`` overrides is checked here, and only here: the
+    credentials pause and an open (or forced-open) circuit breaker.
     """
+    reasons: list[str] = []
     until, reason = outbox.paused_until()
     if until is not None and reason == AUTH_PAUSE:
-        return (
+        reasons.append(
             f"delivery is paused until {_when(until)} because Customer.io rejected the "
             "credentials (401/403); fix CIO_RELIABLE SITE_ID/API_KEY, then run again "
             "(or pass --force to lift the pause and try now)"
         )
-    return None
+    refused = _breaker_refusal()
+    if refused is not None:
+        reasons.append(refused)
+    return "; and ".join(reasons) if reasons else None
 
 
 def _override_refusal() -> str:
     """Lift what :func:`_refuse_reason` refused on (``--force``); returns what was done.
 
     Lifting the credentials pause belongs in :mod:`django_cio_reliable.outbox` (``resume()``).
+    The circuit breaker is reset to automatic and closed for every worker, recorded as a
+    breaker event.
     """
+    done: list[str] = []
     lifted = DeliveryState.objects.filter(
         destination=app_settings.destination,
         pause_reason=AUTH_PAUSE,
         paused_until__isnull=False,
     ).update(paused_until=None, pause_reason=DeliveryState.PauseReason.NONE)
-    return "lifted the credentials pause for every worker" if lifted else ""
+    if lifted:
+        done.append("lifted the credentials pause for every worker")
+    if _breaker_refusal() is not None:
+        transition = breaker.get_breaker().force("auto", reason=FORCE_ACTOR)
+        if transition is not None:
+            log.warning(
+                "cio_replay: --force reset the circuit breaker (%s/%s -> %s)",
+                transition.from_state,
+                transition.from_mode,
+                transition.to_state,
+            )
+            done.append("reset the circuit breaker to closed for every worker")
+    return " and ".join(done)
 
 
 def _when(moment: datetime) -> str:
@@ -337,7 +385,8 @@ class Command(BaseCommand):
         "Requeue dead operations (or the statuses given by --status) for delivery, keeping "
         "their event ids. --dry-run shows what would be replayed; --now delivers them in this "
         "process. Exit codes: 0 ok, 1 some operations failed or died again (--now), "
-        "2 bad arguments, 3 --now refused (credentials rejected; see --force)."
+        "2 bad arguments, 3 --now refused (credentials rejected or circuit breaker open; "
+        "see --force)."
     )
 
     def __init__(
@@ -426,7 +475,9 @@ class Command(BaseCommand):
         mode.add_argument(
             "--force",
             action="store_true",
-            help="--now: deliver even though delivery is paused for rejected credentials",
+            help="--now: deliver even though delivery is paused for rejected credentials or "
+            "the circuit breaker is open (lifts the pause and resets the breaker for every "
+            "worker)",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -665,12 +716,15 @@ class Command(BaseCommand):
                 return
 
     def _drain_chunk(self, chunk: list[int]) -> str:
-        """Deliver one chunk, waiting out 429 pauses; returns why the run must stop, if so."""
-        for _ in range(MAX_RATE_LIMIT_WAITS):
+        """Deliver one chunk, waiting out 429 pauses and busy half-open probe slots; returns
+        why the run must stop, if so (an auth pause, an open circuit breaker)."""
+        rate_limited = probe_waits = 0
+        while rate_limited < MAX_RATE_LIMIT_WAITS and probe_waits < MAX_PROBE_WAITS:
             until, reason = outbox.paused_until()
             if until is not None:
                 if reason == AUTH_PAUSE:
                     return "Customer.io rejected the credentials (401/403); delivery is paused"
+                rate_limited += 1
                 self.sleep(max(0.0, (until - clock.now()).total_seconds()))
                 continue
             result = outbox.drain(
@@ -683,8 +737,22 @@ class Command(BaseCommand):
                 return result.stopped
             if result.paused == AUTH_PAUSE:
                 return "Customer.io rejected the credentials (401/403); delivery is paused"
-            if not result.paused:
-                return ""
+            if result.paused:
+                rate_limited += 1
+                continue
+            if result.breaker == "half_open":
+                # Another process holds the probe slot(s): wait for its verdict.
+                probe_waits += 1
+                self.sleep(max(0.25, breaker.get_breaker().cache_seconds))
+                continue
+            if result.breaker:
+                return (
+                    f"the circuit breaker is {result.breaker.replace('_', ' ')} (Customer.io "
+                    "is failing); the rest is left to the drain workers"
+                )
+            return ""
+        if probe_waits >= MAX_PROBE_WAITS:
+            return "the circuit breaker stayed half-open (another process is probing)"
         return "still rate limited (429) after waiting repeatedly"
 
     def _progress(self, tally: Tally) -> None:

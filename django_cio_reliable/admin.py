@@ -1,0 +1,624 @@
+"""The Django admin: operations, dead letters, idempotency keys, delivery and breaker state.
+
+Every page is read-only; changes happen through actions and buttons that call into
+:mod:`django_cio_reliable.outbox` and :mod:`django_cio_reliable.breaker`:
+
+- Operations (and the "Dead letters" page, a proxy of the dead ones): actions *replay now*
+  (requeue and deliver right away), *requeue* and *mark dead*, gated by the
+  ``django_cio_reliable.replay_operation`` permission. The payload (personal data) is shown
+  only to users with ``django_cio_reliable.view_payload``; others see its size.
+- Breaker state: force open / force closed / disabled / reset buttons (POST with CSRF, gated by
+  ``django_cio_reliable.change_breakerstate``, recorded as breaker events with the user).
+- A dashboard (``admin:django_cio_reliable_operation_dashboard``), linked from the admin
+  index: breaker state and transitions, backlog by status, the oldest open operation,
+  throughput as an SVG chart, and the top error reasons.
+
+The admin index link is added by wrapping the index template of the default admin site
+(``admin.site.index_template``) when the project has not set one; a project with its own index
+template can ``{% include "admin/django_cio_reliable/dashboard_link.html" %}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBase,
+    HttpResponseNotAllowed,
+    HttpResponseRedirect,
+    JsonResponse,
+)
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.http import url_has_allowed_host_and_scheme
+
+from django_cio_reliable import breaker, outbox, views
+from django_cio_reliable.conf import app_settings
+from django_cio_reliable.models import (
+    BreakerEvent,
+    BreakerState,
+    DeadLetter,
+    DeliveryState,
+    IdempotencyKey,
+    Operation,
+)
+
+if TYPE_CHECKING:
+    OperationBase = admin.ModelAdmin[Operation]
+    IdempotencyKeyBase = admin.ModelAdmin[IdempotencyKey]
+    DeliveryStateBase = admin.ModelAdmin[DeliveryState]
+    BreakerStateBase = admin.ModelAdmin[BreakerState]
+    BreakerEventBase = admin.ModelAdmin[BreakerEvent]
+else:
+    OperationBase = IdempotencyKeyBase = DeliveryStateBase = admin.ModelAdmin
+    BreakerStateBase = BreakerEventBase = admin.ModelAdmin
+
+log = logging.getLogger(__name__)
+
+#: Permissions, as ``app_label.codename``.
+VIEW_PAYLOAD = "django_cio_reliable.view_payload"
+REPLAY = "django_cio_reliable.replay_operation"
+CHANGE_BREAKER = views.BREAKER_PERMISSION
+
+#: "Replay now" delivers at most this many operations in the request; more: use "requeue".
+REPLAY_NOW_LIMIT = 100
+#: "Replay now" stops sending after this many seconds and leaves the rest to the worker.
+REPLAY_NOW_SECONDS = 20.0
+#: Longest reason accepted by "mark dead" and the breaker buttons.
+MAX_REASON = 400
+#: Characters of ``last_error`` shown in the lists.
+ERROR_PREVIEW = 80
+
+#: What the force buttons say once done.
+FORCE_MESSAGES = {
+    "forced_open": "Breaker forced open: nothing is sent until someone resets it.",
+    "forced_closed": "Breaker forced closed: every call is let through.",
+    "disabled": "Breaker disabled: outcomes are only counted.",
+    "auto": "Breaker reset: automatic again, closed, counters cleared.",
+}
+
+#: The actions gated by :data:`REPLAY` (a POST naming one without it is a 403).
+GATED_ACTIONS = frozenset({"replay_now", "requeue", "mark_dead"})
+
+
+def _plural(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _destination_host(destination: str) -> str:
+    return destination.split("#", 1)[0]
+
+
+def _kick() -> None:
+    """Get requeued operations picked up soon (the drain schedule does it otherwise)."""
+    if app_settings.DISPATCH == "task":
+        from django_cio_reliable import dispatch
+
+        dispatch.kicker.kick()
+
+
+def breaker_blocks() -> str:
+    """Why the breaker lets nothing through right now (empty when it may admit a call)."""
+    snapshot = breaker.get_breaker().snapshot(fresh=True)
+    if snapshot.mode == "forced_open":
+        return "the breaker is forced open"
+    if (
+        snapshot.mode == "auto"
+        and snapshot.state == "open"
+        and snapshot.retry_at is not None
+        and snapshot.retry_at > timezone.now()
+    ):
+        return "the breaker is open"
+    return ""
+
+
+# --------------------------------------------------------------------------- operations
+
+
+class ReadOnlyMixin:
+    """No adding, changing or deleting from the admin: rows change through actions only."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """Nobody adds rows by hand."""
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """Rows are read-only (actions and buttons change them)."""
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """Nothing is deleted by hand (retention purges; ``cio_forget`` erases a person)."""
+        return False
+
+
+class OperationAdmin(ReadOnlyMixin, OperationBase):
+    """Operations: read-only, filterable, with replay / requeue / mark-dead actions."""
+
+    list_display: tuple[str, ...] = (
+        "id",
+        "kind",
+        "name",
+        "customer_id",
+        "status",
+        "attempts",
+        "last_status_code",
+        "error_preview",
+        "created_at",
+        "next_attempt_at",
+    )
+    list_display_links = ("id",)
+    list_filter: ClassVar[tuple[str, ...]] = ("status", "kind", "last_status_code")
+    search_fields = ("=customer_id", "=event_id")
+    search_help_text = "Exact customer id (or anonymous id), or exact event id."
+    ordering = ("-id",)
+    list_per_page = 100
+    show_full_result_count = False
+    actions: tuple[str, ...] = ("replay_now", "requeue", "mark_dead")
+    #: Whether this admin routes the dashboard (only the operations admin does).
+    routes_dashboard = True
+
+    BASE_FIELDS: Sequence[str] = (
+        "id",
+        "kind",
+        "name",
+        "customer_id",
+        "event_id",
+        "idempotency_key",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "lease_expires_at",
+        "last_status_code",
+        "last_error",
+        "created_at",
+        "updated_at",
+        "delivered_at",
+        "dead_at",
+    )
+
+    # ------------------------------------------------------------------ fields
+
+    def _fields(self, request: HttpRequest) -> tuple[str, ...]:
+        payload = "payload_json" if request.user.has_perm(VIEW_PAYLOAD) else "payload_size"
+        return (*self.BASE_FIELDS, payload)
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        """The payload only for users allowed to see it; its size for the others."""
+        return self._fields(request)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        """Everything is read-only."""
+        return self._fields(request)
+
+    @admin.display(description="last error")
+    def error_preview(self, obj: Operation) -> str:
+        """The start of ``last_error`` (escaped by the admin)."""
+        text = obj.last_error or ""
+        return text if len(text) <= ERROR_PREVIEW else text[: ERROR_PREVIEW - 1] + "…"
+
+    @admin.display(description="payload")
+    def payload_json(self, obj: Operation) -> str:
+        """The payload as indented JSON (escaped), with a link to the raw JSON."""
+        text = json.dumps(obj.payload, indent=2, sort_keys=True, ensure_ascii=False)
+        url = reverse(
+            f"admin:{obj._meta.app_label}_{self.opts.model_name}_payload",
+            args=[obj.pk],
+            current_app=self.admin_site.name,
+        )
+        return format_html('<pre class="cio-payload">{}</pre><a href="{}">raw JSON</a>', text, url)
+
+    @admin.display(description="payload")
+    def payload_size(self, obj: Operation) -> str:
+        """How big the payload is, for users who may not see it."""
+        size = obj.payload_bytes or len(json.dumps(obj.payload, separators=(",", ":")).encode())
+        return (
+            f"{size:,} bytes (hidden: seeing payloads needs the "
+            "“Can view operation payloads” permission)"
+        )
+
+    # ------------------------------------------------------------------ URLs and views
+
+    def get_urls(self) -> list[URLPattern]:
+        """Add the payload view, and the dashboard on the operations admin."""
+        info = self.opts.app_label, self.opts.model_name
+        urls = [
+            path(
+                "<path:object_id>/payload/",
+                self.admin_site.admin_view(self.payload_view),
+                name="{}_{}_payload".format(*info),
+            )
+        ]
+        if self.routes_dashboard:
+            urls.append(
+                path(
+                    "dashboard/",
+                    self.admin_site.admin_view(self.dashboard_view),
+                    name="{}_{}_dashboard".format(*info),
+                )
+            )
+        return urls + super().get_urls()
+
+    def dashboard_view(self, request: HttpRequest) -> HttpResponse:
+        """The delivery dashboard (see :func:`django_cio_reliable.views.dashboard_view`)."""
+        return views.dashboard_view(request, admin_site=self.admin_site)
+
+    def payload_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """One operation's payload as JSON; 403 without ``view_payload``."""
+        if not (self.has_view_permission(request) and request.user.has_perm(VIEW_PAYLOAD)):
+            raise PermissionDenied
+        obj = self.get_object(request, object_id)
+        if obj is None:
+            raise Http404("no such operation")
+        response = JsonResponse(
+            obj.payload,
+            safe=False,
+            json_dumps_params={"indent": 2, "sort_keys": True, "ensure_ascii": False},
+        )
+        response["Cache-Control"] = "private, no-store"
+        response["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        """The list; a POST naming a gated action without the permission is a 403."""
+        action = request.POST.get("action", "") if request.method == "POST" else ""
+        if action in GATED_ACTIONS and not self.has_replay_permission(request):
+            raise PermissionDenied
+        return super().changelist_view(request, extra_context=extra_context)
+
+    # ------------------------------------------------------------------ actions
+
+    def has_replay_permission(self, request: HttpRequest) -> bool:
+        """Whether the user may replay, requeue and dead-letter operations."""
+        return bool(request.user.has_perm(REPLAY))
+
+    def _require_replay(self, request: HttpRequest) -> None:
+        if not self.has_replay_permission(request):
+            raise PermissionDenied
+
+    @staticmethod
+    def _ids(queryset: QuerySet[Any], limit: int | None = None) -> list[int]:
+        ids = queryset.order_by("pk").values_list("pk", flat=True)
+        return list(ids[:limit] if limit is not None else ids)
+
+    @admin.action(
+        description="Replay now: requeue and deliver the selected operations",
+        permissions=["replay"],
+    )
+    def replay_now(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        """Requeue the selection and deliver it in this request (breaker- and pause-aware)."""
+        self._require_replay(request)
+        ids = self._ids(queryset, REPLAY_NOW_LIMIT + 1)
+        if len(ids) > REPLAY_NOW_LIMIT:
+            self.message_user(
+                request,
+                f"Replay now handles at most {REPLAY_NOW_LIMIT} operations at a time; use "
+                "“Requeue” for more (the worker delivers them) or manage.py cio_replay --now.",
+                messages.ERROR,
+            )
+            return
+        requeued = outbox.replay(Operation.objects.filter(pk__in=ids))
+        log.info("cio: %d operations requeued for replay by %s", requeued, request.user)
+        if not requeued:
+            self.message_user(
+                request,
+                "Nothing to replay: the selected operations are delivered or being sent.",
+                messages.WARNING,
+            )
+            return
+        blocked = breaker_blocks()
+        until, reason = outbox.paused_until()
+        if blocked or until is not None:
+            why = blocked or (
+                "Customer.io rejected the credentials"
+                if reason == DeliveryState.PauseReason.AUTH
+                else "delivery is paused after a 429"
+            )
+            _kick()
+            self.message_user(
+                request,
+                f"Requeued {_plural(requeued, 'operation')} but sent nothing: {why}. The worker "
+                "delivers them once delivery resumes.",
+                messages.WARNING,
+            )
+            return
+        result = outbox.drain(ids=ids, max_seconds=REPLAY_NOW_SECONDS)
+        outcome = Counter(Operation.objects.filter(pk__in=ids).values_list("status", flat=True))
+        waiting = outcome["pending"] + outcome["sending"]
+        text = (
+            f"Requeued {_plural(requeued, 'operation')}: {outcome['delivered']} delivered, "
+            f"{outcome['failed']} failed (will be retried), {outcome['dead']} dead"
+        )
+        if waiting:
+            text += f", {waiting} left for the worker"
+            if result.breaker:
+                text += f" (the breaker is {result.breaker.replace('_', ' ')})"
+            _kick()
+        level = messages.SUCCESS if outcome["delivered"] == len(ids) else messages.WARNING
+        self.message_user(request, text + ".", level)
+
+    @admin.action(
+        description="Requeue the selected operations (the worker delivers them)",
+        permissions=["replay"],
+    )
+    def requeue(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        """Requeue the selection for immediate delivery by the worker."""
+        self._require_replay(request)
+        requeued = outbox.replay(Operation.objects.filter(pk__in=queryset.values("pk")))
+        log.info("cio: %d operations requeued by %s", requeued, request.user)
+        if requeued:
+            _kick()
+        skipped = queryset.count() - requeued
+        text = f"Requeued {_plural(requeued, 'operation')}."
+        if skipped > 0:
+            text += f" Skipped {skipped} (delivered or being sent)."
+        self.message_user(request, text, messages.SUCCESS if requeued else messages.WARNING)
+
+    @admin.action(
+        description="Mark the selected operations dead (after confirmation)", permissions=["replay"]
+    )
+    def mark_dead(self, request: HttpRequest, queryset: QuerySet[Any]) -> TemplateResponse | None:
+        """Dead-letter open operations, with a reason, after a confirmation page."""
+        self._require_replay(request)
+        if request.POST.get("post") == "yes":
+            reason = (request.POST.get("reason") or "").strip()[:MAX_REASON]
+            text = f"marked dead in the admin by {request.user.get_username()}"
+            if reason:
+                text = f"{reason} ({text})"
+            count = outbox.mark_dead(Operation.objects.filter(pk__in=queryset.values("pk")), text)
+            log.info("cio: %d operations marked dead by %s", count, request.user)
+            skipped = queryset.count() - count
+            message = f"Marked {_plural(count, 'operation')} dead."
+            if skipped > 0:
+                message += f" Skipped {skipped} (only pending and failed operations can be)."
+            self.message_user(request, message, messages.SUCCESS if count else messages.WARNING)
+            return None
+        eligible = queryset.filter(status__in=[Operation.Status.PENDING, Operation.Status.FAILED])
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Mark operations dead?",
+            "subtitle": None,
+            "opts": self.opts,
+            "queryset": queryset,
+            "selected": self._ids(queryset),
+            "eligible": eligible.count(),
+            "total": queryset.count(),
+            "preview": list(queryset.order_by("pk")[:20]),
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "max_reason": MAX_REASON,
+            "media": self.media,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(
+            request, "admin/django_cio_reliable/mark_dead_confirmation.html", context
+        )
+
+
+class DeadLetterAdmin(OperationAdmin):
+    """Dead operations only, with bulk replay."""
+
+    list_display = (
+        "id",
+        "kind",
+        "name",
+        "customer_id",
+        "attempts",
+        "last_status_code",
+        "error_preview",
+        "created_at",
+        "dead_at",
+    )
+    list_filter = ("kind", "last_status_code")
+    actions = ("replay_now", "requeue")
+    routes_dashboard = False
+
+
+# --------------------------------------------------------------------------- keys, state
+
+
+class IdempotencyKeyAdmin(ReadOnlyMixin, IdempotencyKeyBase):
+    """Reserved idempotency keys (read-only)."""
+
+    list_display = ("key", "operation_link", "created_at", "expires_at", "live")
+    search_fields = ("=key",)
+    search_help_text = "Exact idempotency key."
+    ordering = ("-created_at",)
+    list_per_page = 100
+    show_full_result_count = False
+    fields = ("key", "operation_link", "created_at", "expires_at", "live")
+    readonly_fields = fields
+
+    @admin.display(description="operation")
+    def operation_link(self, obj: IdempotencyKey) -> str:
+        """A link to the operation the key guards."""
+        if obj.operation_id is None:
+            return "—"
+        url = reverse(
+            "admin:django_cio_reliable_operation_change",
+            args=[obj.operation_id],
+            current_app=self.admin_site.name,
+        )
+        return format_html('<a href="{}">#{}</a>', url, obj.operation_id)
+
+    @admin.display(description="live", boolean=True)
+    def live(self, obj: IdempotencyKey) -> bool:
+        """Whether the key still guards against duplicates."""
+        return bool(obj.expires_at > timezone.now())
+
+
+class DeliveryStateAdmin(ReadOnlyMixin, DeliveryStateBase):
+    """The shared pause (429, credentials) per destination (read-only)."""
+
+    list_display = (
+        "destination_host",
+        "paused_until",
+        "pause_reason",
+        "auth_failed_at",
+        "updated_at",
+    )
+    fields = (
+        "destination_host",
+        "paused_until",
+        "pause_reason",
+        "auth_failed_at",
+        "auth_error",
+        "updated_at",
+    )
+    readonly_fields = fields
+
+    @admin.display(description="destination")
+    def destination_host(self, obj: DeliveryState) -> str:
+        """The Track API origin (without the site id)."""
+        return _destination_host(obj.destination)
+
+
+# --------------------------------------------------------------------------- breaker
+
+
+class BreakerStateAdmin(ReadOnlyMixin, BreakerStateBase):
+    """The circuit breaker per destination, with force buttons."""
+
+    list_display = (
+        "destination_host",
+        "state",
+        "mode",
+        "opened_at",
+        "open_since",
+        "updated_at",
+        "version",
+    )
+    fields = (
+        "destination_host",
+        "state",
+        "mode",
+        "opened_at",
+        "open_since",
+        "updated_at",
+        "version",
+    )
+    readonly_fields = fields
+    change_list_template = "admin/django_cio_reliable/breakerstate/change_list.html"
+
+    @admin.display(description="destination")
+    def destination_host(self, obj: BreakerState) -> str:
+        """The Track API origin (without the site id)."""
+        return _destination_host(obj.destination)
+
+    def get_urls(self) -> list[URLPattern]:
+        """Add the force endpoint."""
+        info = self.opts.app_label, self.opts.model_name
+        force = path(
+            "force/",
+            self.admin_site.admin_view(self.force_view),
+            name="{}_{}_force".format(*info),
+        )
+        return [force, *super().get_urls()]
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        """The rows, with the live breaker panel and its buttons on top."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        context = {"breaker": views.breaker_panel(request), **(extra_context or {})}
+        return super().changelist_view(request, extra_context=context)
+
+    def force_view(self, request: HttpRequest) -> HttpResponseBase:
+        """POST ``mode`` (and an optional ``reason``): force the breaker, record who did it."""
+        if not request.user.has_perm(CHANGE_BREAKER):
+            raise PermissionDenied
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        wanted = request.POST.get("mode", "")
+        mode = next((m for m in breaker.MODES if m == wanted), None)
+        if mode is None or mode not in FORCE_MESSAGES:
+            self.message_user(request, "Unknown breaker mode.", messages.ERROR)
+        else:
+            reason = (request.POST.get("reason") or "").strip()[:MAX_REASON]
+            user = request.user if isinstance(request.user, AbstractBaseUser) else None
+            breaker.get_breaker().force(mode, user=user, reason=reason or "set in the admin")
+            log.warning("cio: breaker set to %s by %s in the admin", mode, request.user)
+            self.message_user(request, FORCE_MESSAGES[mode], messages.SUCCESS)
+        return HttpResponseRedirect(self._next_url(request))
+
+    def _next_url(self, request: HttpRequest) -> str:
+        target = request.POST.get("next", "")
+        if target and url_has_allowed_host_and_scheme(
+            target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+        ):
+            return target
+        return reverse(
+            "admin:django_cio_reliable_breakerstate_changelist", current_app=self.admin_site.name
+        )
+
+
+class BreakerEventAdmin(ReadOnlyMixin, BreakerEventBase):
+    """Every breaker transition, with who forced it (read-only)."""
+
+    list_display = (
+        "created_at",
+        "destination_host",
+        "from_state",
+        "to_state",
+        "from_mode",
+        "to_mode",
+        "reason",
+        "username",
+    )
+    list_filter = ("to_state", "to_mode")
+    ordering = ("-created_at", "-id")
+    list_per_page = 100
+    show_full_result_count = False
+    fields = (
+        "created_at",
+        "destination_host",
+        "from_state",
+        "to_state",
+        "from_mode",
+        "to_mode",
+        "reason",
+        "username",
+    )
+    readonly_fields = fields
+
+    @admin.display(description="destination")
+    def destination_host(self, obj: BreakerEvent) -> str:
+        """The Track API origin (without the site id)."""
+        return _destination_host(obj.destination)
+
+
+admin.site.register(Operation, OperationAdmin)
+admin.site.register(DeadLetter, DeadLetterAdmin)
+admin.site.register(IdempotencyKey, IdempotencyKeyAdmin)
+admin.site.register(DeliveryState, DeliveryStateAdmin)
+admin.site.register(BreakerState, BreakerStateAdmin)
+admin.site.register(BreakerEvent, BreakerEventAdmin)
+
+#: The index template that adds the dashboard link to the default admin site's index.
+INDEX_TEMPLATE = "admin/django_cio_reliable/index.html"
+if admin.site.index_template is None:
+    admin.site.index_template = INDEX_TEMPLATE
+
+__all__: Sequence[str] = (
+    "BreakerEventAdmin",
+    "BreakerStateAdmin",
+    "DeadLetterAdmin",
+    "DeliveryStateAdmin",
+    "IdempotencyKeyAdmin",
+    "OperationAdmin",
+)
