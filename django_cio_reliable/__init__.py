@@ -10,10 +10,27 @@ Usage::
 
 from __future__ import annotations
 
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from django_cio_reliable import hooks
 from django_cio_reliable.api import DERIVE, delete, forget, identify, track, track_anonymous
 from django_cio_reliable.exceptions import DeliveryError, InvalidOperation
 
+if TYPE_CHECKING:
+    from django_cio_reliable import testing as testing
+
 __version__ = "0.1.0.dev0"
+
+
+def __getattr__(name: str) -> ModuleType:
+    # ``cio.testing`` without importing the fake server with the package.
+    if name == "testing":
+        import importlib
+
+        return importlib.import_module("django_cio_reliable.testing")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DERIVE",
@@ -22,6 +39,7 @@ __all__ = [
     "__version__",
     "delete",
     "forget",
+    "hooks",
     "identify",
     "track",
     "track_anonymous",

@@ -21,3 +21,7 @@ class CioReliableConfig(AppConfig):
         post_migrate.connect(
             ensure_schedules, sender=self, dispatch_uid="django_cio_reliable.ensure_schedules"
         )
+        from django_cio_reliable import hooks
+
+        # The model hooks of CIO_RELIABLE["HOOKS"]: imports the named callables, no queries.
+        hooks.register_from_settings()

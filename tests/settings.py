@@ -104,3 +104,6 @@ LOGGING = {
     "handlers": {"null": {"class": "logging.NullHandler"}},
     "loggers": {"django_cio_reliable": {"handlers": ["null"], "level": "DEBUG"}},
 }
+
+# The models of the hook tests (tests/test_hooks.py).
+INSTALLED_APPS += ["tests.hookapp"]

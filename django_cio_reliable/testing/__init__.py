@@ -4,11 +4,13 @@
 (v1 identify/track/anonymous/delete, ``/api/v2/batch``, the region probe), checks auth and
 payloads like Customer.io, deduplicates events by ``id``, records everything, and misbehaves
 on request. ``FakeCustomerIOClient`` drives one running in another process. Standard library
-only. See ``docs/testing.md``.
+only. See ``docs/testing.md``. ``capture_operations()`` asserts which operations your code
+enqueued (``docs/hooks.md``).
 """
 
 from __future__ import annotations
 
+from django_cio_reliable.testing.assertions import CapturedOperations, capture_operations
 from django_cio_reliable.testing.client import FakeCustomerIOClient
 from django_cio_reliable.testing.records import (
     ApiVersion,
@@ -27,6 +29,7 @@ from django_cio_reliable.testing.server import FakeCustomerIO, format_retry_afte
 __all__ = [
     "ApiVersion",
     "BatchRejection",
+    "CapturedOperations",
     "FakeCustomerIO",
     "FakeCustomerIOClient",
     "FaultsSnapshot",
@@ -37,5 +40,6 @@ __all__ = [
     "Receipt",
     "RequestOutcome",
     "ScriptedFault",
+    "capture_operations",
     "format_retry_after",
 ]

@@ -1,0 +1,1 @@
+"""A test-only app whose models carry model hooks (tests/test_hooks.py)."""
