@@ -10,7 +10,7 @@ ifeq ($(CI),true)
 TOX_ENVS := $(TOX_ENVS),pg
 endif
 
-.PHONY: demo test quick lint types postgres browser clean
+.PHONY: demo test quick lint types bench soak postgres browser clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python >= 3.10 is required (set PYTHON=...)")'
@@ -40,6 +40,14 @@ lint: $(BIN)/.installed
 
 types: $(BIN)/.installed
 	$(BIN)/tox run -e types
+
+## make bench: the benchmark suite: one table and benchmarks/RESULTS.md (ARGS="--quick": a short run)
+bench: $(BIN)/.installed postgres
+	$(BIN)/python -m benchmarks.run $(ARGS)
+
+## make soak: chaos soak, real qcluster processes on PostgreSQL (ARGS="--seconds 600 --producers 4")
+soak: $(BIN)/.installed postgres
+	$(BIN)/python -m benchmarks.soak $(ARGS)
 
 ## start the local PostgreSQL cluster when it is down (CI machines)
 postgres:
