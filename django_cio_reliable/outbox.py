@@ -49,6 +49,8 @@ OPEN = [Status.PENDING, Status.SENDING, Status.FAILED]
 MAX_ERROR_LENGTH = 1000
 #: Shortest nap of a lingering drain.
 LINGER_POLL = 0.25
+#: Seconds of a lease kept in hand beyond one request's timeouts (see :func:`hold`).
+LEASE_RENEW_MARGIN = 5.0
 
 
 # --------------------------------------------------------------------------- enqueue
@@ -299,10 +301,16 @@ def claimable(now: datetime | None = None) -> QuerySet[Operation]:
 
 @dataclass
 class Claim:
-    """Operations claimed by one worker under one lease token."""
+    """Operations claimed by one worker under one lease token.
+
+    ``expires_at`` is when the lease ends unless renewed (``None``: not tracked, never
+    renewed); ``lease_seconds`` is how long each renewal extends it.
+    """
 
     token: str
     operations: list[Operation]
+    expires_at: datetime | None = None
+    lease_seconds: float = 0.0
 
 
 def claim(
@@ -346,7 +354,50 @@ def claim(
                     _due(current)
                 ).update(**claimed_update)
         operations = list(Operation.objects.using(using).filter(lease_token=token).order_by("id"))
-    return Claim(token=token, operations=operations)
+    return Claim(
+        token=token,
+        operations=operations,
+        expires_at=current + lease,
+        lease_seconds=lease.total_seconds(),
+    )
+
+
+def request_budget() -> float:
+    """The longest one request may take: both timeouts plus a margin for the acknowledgement."""
+    return app_settings.TIMEOUT + app_settings.CONNECT_TIMEOUT + LEASE_RENEW_MARGIN
+
+
+def hold(claim_: Claim, operations: Sequence[Operation]) -> list[Operation]:
+    """Make sure the lease on ``operations`` outlasts the next request; return those still held.
+
+    A claim is worked through one request at a time, so a slow server can keep a worker busy
+    for longer than its lease. Before each request the lease is renewed (a fenced update, one
+    query) whenever less than :func:`request_budget` of it is left. An operation whose lease
+    was already taken over by another worker is dropped from this worker's work: sending it
+    would send it twice.
+    """
+    if claim_.expires_at is None or not operations:
+        return list(operations)
+    now = clock.now()
+    if (claim_.expires_at - now).total_seconds() > request_budget():
+        return list(operations)
+    expires_at = now + timedelta(seconds=claim_.lease_seconds)
+    ids = [op.pk for op in operations]
+    renewed = Operation.objects.filter(
+        id__in=ids, lease_token=claim_.token, status=Status.SENDING
+    ).update(lease_expires_at=expires_at)
+    claim_.expires_at = expires_at
+    if renewed == len(ids):
+        return list(operations)
+    held = set(
+        Operation.objects.filter(id__in=ids, lease_token=claim_.token).values_list("id", flat=True)
+    )
+    lost = [op.pk for op in operations if op.pk not in held]
+    log.warning(
+        "cio: the lease on operations %s was taken over by another worker; not sending them",
+        lost,
+    )
+    return [op for op in operations if op.pk in held]
 
 
 def release(claim_: Claim, operations: Sequence[Operation], *, at: datetime | None = None) -> int:
@@ -483,7 +534,8 @@ class DrainResult:
 
     ``breaker`` is set when the circuit breaker refused a request and the run stopped (or
     handed back) because of it: ``"open"``, ``"half_open"`` (every probe slot taken) or
-    ``"forced_open"``; empty otherwise.
+    ``"forced_open"``; empty otherwise. ``lost_lease`` counts operations this worker dropped
+    unsent because another worker had taken over their lease.
     """
 
     claimed: int = 0
@@ -492,6 +544,7 @@ class DrainResult:
     dead: int = 0
     released: int = 0
     requests: int = 0
+    lost_lease: int = 0
     paused: str = ""
     stopped: str = ""
     breaker: str = ""
@@ -499,7 +552,15 @@ class DrainResult:
 
     def add(self, other: DrainResult) -> None:
         """Accumulate ``other`` into this result."""
-        for name in ("claimed", "delivered", "failed", "dead", "released", "requests"):
+        for name in (
+            "claimed",
+            "delivered",
+            "failed",
+            "dead",
+            "released",
+            "requests",
+            "lost_lease",
+        ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.paused = other.paused or self.paused
         self.stopped = other.stopped or self.stopped
@@ -585,6 +646,17 @@ class Deliverer:
                 result.released += release(claim_, remaining)
                 result.breaker = _refusal(self.breaker)
                 return result
+            held = hold(claim_, remaining)
+            if len(held) != len(remaining):
+                kept = {op.pk for op in held}
+                result.lost_lease += len(remaining) - len(held)
+                groups[index:] = [
+                    g for g in ([op for op in g if op.pk in kept] for g in groups[index:]) if g
+                ]
+                if index >= len(groups):
+                    self.breaker.cancel(permit)
+                    return result
+                group = groups[index]
             if permit.is_probe and len(group) > 1:
                 # A probe is one request of one operation: the rest waits for the verdict.
                 groups[index : index + 1] = [group[:1], group[1:]]
@@ -621,6 +693,9 @@ class Deliverer:
                     error.status,
                 )
                 for position, op in enumerate(group):
+                    if not hold(claim_, [op]):
+                        result.lost_lease += 1
+                        continue
                     single = self._send_single(claim_, op, result, None)
                     if single in ("paused", "refused"):
                         first_unsent = position + 1 if single == "paused" else position

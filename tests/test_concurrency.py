@@ -192,12 +192,6 @@ def test_four_drain_workers_deliver_20000_operations_exactly_once_on_postgres(
     )
 
 
-@pytest.mark.xfail(
-    reason="library bug: Deliverer.deliver() keeps sending a claim after its lease expired "
-    "(no lease check or renewal between requests), so another worker re-claims and re-sends "
-    "the same operations",
-    strict=True,
-)
 def test_a_claim_that_outlives_its_lease_is_not_sent_twice(
     fake_cio: FakeCustomerIO,
     settings: Any,

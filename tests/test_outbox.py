@@ -245,6 +245,57 @@ def test_expired_lease_is_taken_over_and_late_ack_is_fenced(
     assert outbox.ack_delivered(second, second.operations) == 1
 
 
+def test_hold_renews_a_lease_running_short_and_drops_what_was_taken_over(
+    outbox_mode: FakeCustomerIO, fake_clock: FakeClock
+) -> None:
+    ops = [cio.identify(f"p{i}", {"n": i}) for i in range(3)]
+    first = outbox.claim(10, lease_seconds=60)
+    # Plenty of lease left: no query, nothing changes.
+    assert first.expires_at is not None
+    before = first.expires_at
+    assert outbox.hold(first, first.operations) == first.operations
+    assert first.expires_at == before
+    # Close to the end: renewed for another lease from now.
+    fake_clock.advance(60 - outbox.request_budget() + 1)
+    assert outbox.hold(first, first.operations) == first.operations
+    renewed = Operation.objects.get(pk=ops[0].pk).lease_expires_at
+    assert renewed == fake_clock.now() + timedelta(seconds=60)
+    # The lease ran out on one operation and another worker took it over.
+    fake_clock.advance(61)
+    Operation.objects.filter(pk=ops[1].pk).update(lease_token="someone-else")
+    held = outbox.hold(first, first.operations)
+    assert [op.pk for op in held] == [ops[0].pk, ops[2].pk]
+
+
+def test_a_slow_claim_keeps_its_lease_and_sends_each_operation_once(
+    outbox_mode: FakeCustomerIO, fake_clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each request takes longer than the lease; a second worker claiming between requests
+    must find nothing, and every operation is sent once."""
+    settings_ = {"LEASE_SECONDS": 20.0, "TIMEOUT": 5.0, "CONNECT_TIMEOUT": 1.0, "BATCH": False}
+    from django.conf import settings
+
+    monkeypatch.setattr(
+        settings, "CIO_RELIABLE", {**settings.CIO_RELIABLE, **settings_}, raising=True
+    )
+    for i in range(5):
+        cio.identify(f"p{i}", {"n": i})
+    stolen: list[int] = []
+    original_send = outbox.Deliverer._send_single
+
+    def slow_send(self: outbox.Deliverer, *args: Any, **kwargs: Any) -> str:
+        fake_clock.advance(15)  # the server takes 15 s to answer
+        stolen.extend(op.pk for op in outbox.claim(10).operations)
+        return original_send(self, *args, **kwargs)
+
+    monkeypatch.setattr(outbox.Deliverer, "_send_single", slow_send)
+    result = drain()
+    assert stolen == []
+    assert result.delivered == 5
+    assert result.lost_lease == 0
+    assert len(outbox_mode.receipts) == 5
+
+
 def test_rate_limited_pauses_everyone_without_burning_attempts(
     outbox_mode: FakeCustomerIO, fake_clock: FakeClock
 ) -> None:
