@@ -73,9 +73,12 @@ def record_slots() -> tuple[list[float], list[float]]:
     reserve = outbox.RateLimiter.reserve
     acquire = outbox.RateLimiter.acquire
 
-    def recording_reserve(self: outbox.RateLimiter, count: int = 1) -> float:
-        start = reserve(self, count)
-        slots.append(start)
+    def recording_reserve(
+        self: outbox.RateLimiter, count: int = 1, *, max_wait: float | None = None
+    ) -> float | None:
+        start = reserve(self, count, max_wait=max_wait)
+        if start is not None:
+            slots.append(start)
         return start
 
     def recording_acquire(self: outbox.RateLimiter) -> None:

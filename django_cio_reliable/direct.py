@@ -9,6 +9,11 @@ that already reached Customer.io.
 Every try goes through the circuit breaker: while it refuses (open, forced open, or half-open
 with every probe slot taken) the operation is only stored and the call returns at once, with
 no request and, in the closed or open state, no query for the breaker.
+
+Two more cases leave the operation to the drain without a request: an earlier operation of the
+same person is still open (sending this one now would overtake it: per-person order), and the
+shared rate limit has no free slot within ``DIRECT_MAX_RATE_WAIT`` seconds (a web request
+never queues behind the drain's traffic).
 """
 
 from __future__ import annotations
@@ -28,6 +33,10 @@ from django_cio_reliable.retry import RetryPolicy, classify
 from django_cio_reliable.transport import get_transport
 
 log = logging.getLogger(__name__)
+
+#: The longest a direct call waits for a slot of the shared rate limit before leaving the
+#: operation to the drain.
+DIRECT_MAX_RATE_WAIT = 0.25
 
 
 def send_or_store(
@@ -58,6 +67,18 @@ def send_or_store(
     if outbox.paused_until()[0] is not None:
         breaker.cancel(permit)
         return operation
+    if Operation.objects.filter(
+        person_key=operation.person_key, id__lt=operation.pk, status__in=outbox.OPEN
+    ).exists():
+        # An earlier operation of this person waits in the outbox: keep their order.
+        breaker.cancel(permit)
+        log.debug("cio: operation %s waits behind an earlier one of its person", operation.pk)
+        return operation
+    limiter = outbox.RateLimiter()
+    if not limiter.try_acquire(DIRECT_MAX_RATE_WAIT):
+        breaker.cancel(permit)
+        log.debug("cio: no rate-limit slot soon; operation %s stored for the drain", operation.pk)
+        return operation
     now = clock.now()
     token = secrets.token_hex(16)
     lease = timedelta(seconds=app_settings.LEASE_SECONDS)
@@ -72,13 +93,15 @@ def send_or_store(
     deliverer = outbox.Deliverer(
         transport=transport,
         policy=RetryPolicy.from_settings(),
-        limiter=outbox.RateLimiter(),
+        limiter=limiter,
         breaker=breaker,
     )
     result = outbox.DrainResult(claimed=1)
     last_error: DeliveryError | None = None
     for attempt in range(1, max(1, app_settings.DIRECT_ATTEMPTS) + 1):
         if permit is None:
+            if not limiter.try_acquire(DIRECT_MAX_RATE_WAIT):
+                break
             permit = breaker.allow()
             if permit is None:
                 # The breaker opened (or is probing) after the first try: leave it to the drain.

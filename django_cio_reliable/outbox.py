@@ -49,6 +49,12 @@ OPEN = [Status.PENDING, Status.SENDING, Status.FAILED]
 MAX_ERROR_LENGTH = 1000
 #: Shortest nap of a lingering drain.
 LINGER_POLL = 0.25
+#: The rate limiter's spacing headroom: slots are ``(1 + this) / RATE_LIMIT`` seconds apart.
+RATE_HEADROOM = 0.05
+#: A request that cannot start within this many seconds of its slot takes a new slot.
+RATE_LATE_TOLERANCE = 0.02
+#: How many slots one request reserves at most before it sends anyway.
+RATE_MAX_RESERVATIONS = 20
 #: Seconds of a lease kept in hand beyond one request's timeouts (see :func:`hold`).
 LEASE_RENEW_MARGIN = 5.0
 
@@ -236,8 +242,14 @@ def clear_auth_failure() -> None:
 class RateLimiter:
     """A request-rate limit shared by every worker through the database (GCRA).
 
-    Each request reserves the next free slot (``1 / RATE_LIMIT`` seconds apart) in one short
-    transaction and waits for it, so the whole deployment never exceeds ``RATE_LIMIT``.
+    Each request reserves the next free slot in one short transaction and waits for it. Slots
+    are ``(1 + RATE_HEADROOM) / RATE_LIMIT`` seconds apart, and a request that could not start
+    within ``RATE_LATE_TOLERANCE`` seconds of its slot (a stalled worker, a slow database) gives
+    it up and reserves a new one. So the starts of any ``RATE_LIMIT + 1`` consecutive requests
+    span more than ``1 + RATE_HEADROOM - RATE_LATE_TOLERANCE`` seconds, and no one-second
+    window — on the sender's clock, or on Customer.io's with up to ``RATE_HEADROOM -
+    RATE_LATE_TOLERANCE`` seconds of network jitter — sees more than ``RATE_LIMIT`` requests
+    from the whole deployment.
     """
 
     def __init__(
@@ -248,11 +260,20 @@ class RateLimiter:
     ) -> None:
         self.clock = wall
         self.sleep = sleep
+        self.late = 0
 
-    def reserve(self, count: int = 1) -> float:
-        """Reserve ``count`` request slots; return the time (clock units) the first may start."""
-        # A microsecond of slack per slot keeps float drift from ever exceeding the rate.
-        interval = 1.0 / app_settings.RATE_LIMIT + 1e-6
+    @staticmethod
+    def interval() -> float:
+        """Seconds between two slots."""
+        return (1.0 + RATE_HEADROOM) / app_settings.RATE_LIMIT
+
+    def reserve(self, count: int = 1, *, max_wait: float | None = None) -> float | None:
+        """Reserve ``count`` request slots; return the time (clock units) the first may start.
+
+        With ``max_wait``, reserve nothing and return ``None`` when the first free slot is more
+        than ``max_wait`` seconds away.
+        """
+        interval = self.interval()
         delivery_state()
         using = router.db_for_write(DeliveryState) or "default"
         with transaction.atomic(using=using):
@@ -265,17 +286,44 @@ class RateLimiter:
             )
             now = self.clock()
             start = max(float(row[1]), now)
+            if max_wait is not None and start - now > max_wait:
+                return None
             DeliveryState.objects.using(using).filter(pk=row[0]).update(
                 rate_tat=start + count * interval
             )
         return start
 
     def acquire(self) -> None:
-        """Wait for one request slot."""
-        start = self.reserve(1)
-        delay = start - self.clock()
-        if delay > 0:
-            self.sleep(delay)
+        """Wait for one request slot; a slot missed by more than the tolerance is replaced."""
+        self.try_acquire(None)
+
+    def try_acquire(self, max_wait: float | None) -> bool:
+        """Wait for one request slot unless it is more than ``max_wait`` seconds away.
+
+        Returns:
+            Whether a slot was taken (always ``True`` when ``max_wait`` is ``None``).
+        """
+        oversleep = 0.0
+        for _ in range(RATE_MAX_RESERVATIONS):
+            start = self.reserve(1, max_wait=max_wait)
+            if start is None:
+                return False
+            delay = start - self.clock()
+            if delay > 0:
+                # Wake early by however much the last sleep overran (a loaded machine).
+                self.sleep(max(delay - oversleep, 0.0))
+            lateness = self.clock() - start
+            if lateness <= RATE_LATE_TOLERANCE:
+                return True
+            # Started too late: this request would crowd the ones reserved after it.
+            self.late += 1
+            oversleep += lateness
+        log.warning(
+            "cio: the rate limiter missed %d slots in a row (this process keeps waking late); "
+            "sending anyway",
+            RATE_MAX_RESERVATIONS,
+        )
+        return True
 
 
 # --------------------------------------------------------------------------- claim
@@ -435,28 +483,55 @@ def _redact(text: str) -> str:
 
 
 def ack_delivered(claim_: Claim, operations: Sequence[Operation], status_code: int = 200) -> int:
-    """Mark ``operations`` delivered, fenced on the lease; returns how many were updated."""
+    """Mark ``operations`` delivered, fenced on the lease; returns how many were updated.
+
+    With ``SCRUB_DELIVERED`` (the default) the same update empties the stored payload and sets
+    ``payload_erased_at``; kind, ids, event id, timestamps and ``payload_bytes`` are kept. The
+    in-memory ``operations`` keep their payload (for the ``operation_delivered`` receivers).
+    An operation whose lease was lost (another worker took over, or the person was forgotten
+    meanwhile) is left alone and gets no signal.
+    """
     if not operations:
         return 0
     now = clock.now()
     ids = [op.pk for op in operations]
+    updates: dict[str, Any] = {
+        "status": Status.DELIVERED,
+        "delivered_at": now,
+        "lease_token": "",
+        "lease_expires_at": None,
+        "last_status_code": status_code,
+        "last_error": "",
+    }
+    if app_settings.SCRUB_DELIVERED:
+        from django_cio_reliable.validation import json_bytes
+
+        unsized = [
+            When(pk=op.pk, then=Value(json_bytes(op.payload)))
+            for op in operations
+            if not op.payload_bytes and op.payload
+        ]
+        updates.update(payload={}, payload_erased_at=now)
+        if unsized:
+            updates["payload_bytes"] = Case(*unsized, default=F("payload_bytes"))
     updated = int(
-        Operation.objects.filter(id__in=ids, lease_token=claim_.token).update(
-            status=Status.DELIVERED,
-            delivered_at=now,
-            lease_token="",
-            lease_expires_at=None,
-            last_status_code=status_code,
-            last_error="",
-        )
+        Operation.objects.filter(id__in=ids, lease_token=claim_.token).update(**updates)
     )
+    acked = operations
     if updated != len(ids):
         log.warning(
-            "cio: %d of %d acknowledgements lost their lease (another worker took over)",
+            "cio: %d of %d acknowledgements lost their lease (another worker took over, or "
+            "the person was forgotten)",
             len(ids) - updated,
             len(ids),
         )
-    for op in operations:
+        done = set(
+            Operation.objects.filter(
+                id__in=ids, status=Status.DELIVERED, delivered_at=now
+            ).values_list("id", flat=True)
+        )
+        acked = [op for op in operations if op.pk in done]
+    for op in acked:
         op.status = Status.DELIVERED
         op.delivered_at = now
         log.info("cio: delivered operation %s (%s, attempt %d)", op.pk, op.kind, op.attempts)
@@ -696,6 +771,8 @@ class Deliverer:
                     if not hold(claim_, [op]):
                         result.lost_lease += 1
                         continue
+                    # Each of these is a request of its own: it takes its own rate-limit slot.
+                    self.limiter.acquire()
                     single = self._send_single(claim_, op, result, None)
                     if single in ("paused", "refused"):
                         first_unsent = position + 1 if single == "paused" else position

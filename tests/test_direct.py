@@ -1,0 +1,118 @@
+"""``DELIVERY="direct"`` against a real FakeCustomerIO: send now, store for the drain otherwise."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.db import transaction
+
+import django_cio_reliable as cio
+from django_cio_reliable import breaker, clock, dispatch, outbox
+from django_cio_reliable.models import DeliveryState, Operation
+from django_cio_reliable.testing import FakeCustomerIO
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+Status = Operation.Status
+
+
+@pytest.fixture
+def direct(fake_cio: FakeCustomerIO, settings: Any) -> Iterator[FakeCustomerIO]:
+    """Direct delivery, no automatic dispatch kick: the tests drain explicitly."""
+    settings.CIO_RELIABLE = {
+        **settings.CIO_RELIABLE,
+        "DELIVERY": "direct",
+        "DISPATCH": "task",
+        "KICK_DEBOUNCE": 3600,
+        "RATE_LIMIT": 10_000,
+        "DIRECT_ATTEMPTS": 2,
+        "BATCH": False,
+    }
+    breaker.reset()
+    original = dispatch.kicker._send
+    dispatch.kicker._send = lambda: None  # type: ignore[method-assign]
+    try:
+        yield fake_cio
+    finally:
+        dispatch.kicker._send = original  # type: ignore[method-assign]
+        breaker.reset()
+
+
+def drain() -> outbox.DrainResult:
+    return outbox.drain(max_seconds=30, sleep=lambda s: None)
+
+
+def test_success_is_delivered_in_the_call(direct: FakeCustomerIO) -> None:
+    op = cio.identify("p", {"plan": "pro"})
+    assert op.status == Status.DELIVERED
+    op.refresh_from_db()
+    assert (op.status, op.attempts) == (Status.DELIVERED, 1)
+    assert direct.people() == {"p": {"plan": "pro"}}
+
+
+def test_a_transient_failure_retries_then_stores_for_the_drain(direct: FakeCustomerIO) -> None:
+    direct.fail_next(2, status=503)
+    op = cio.track("p", "signed_up")
+    op.refresh_from_db()
+    assert (op.status, op.attempts, op.last_status_code) == (Status.FAILED, 2, 503)
+    assert len(direct.requests) == 2
+    Operation.objects.filter(pk=op.pk).update(next_attempt_at=clock.now())
+    assert drain().delivered == 1
+    assert len(direct.events_by_id()) == 1
+
+
+def test_a_permanent_failure_dead_letters_at_once(direct: FakeCustomerIO) -> None:
+    direct.fail_next(1, status=400)
+    op = cio.track("p", "signed_up")
+    op.refresh_from_db()
+    assert (op.status, op.attempts) == (Status.DEAD, 1)
+    assert len(direct.requests) == 1
+
+
+def test_a_later_operation_never_overtakes_an_earlier_stored_one(direct: FakeCustomerIO) -> None:
+    """Without the per-person check, "pro" is sent at once and the drain later sends "free"
+    over it: Customer.io would end with stale data."""
+    direct.fail_next(2, status=503)
+    first = cio.identify("p", {"plan": "free"})
+    first.refresh_from_db()
+    assert first.status == Status.FAILED
+    requests_before = len(direct.requests)
+    second = cio.identify("p", {"plan": "pro"})
+    assert len(direct.requests) == requests_before  # left to the drain, behind the first
+    second.refresh_from_db()
+    assert (second.status, second.attempts) == (Status.PENDING, 0)
+    # Another person is not held up.
+    assert cio.identify("q", {"plan": "pro"}).status == Status.DELIVERED
+    Operation.objects.filter(pk=first.pk).update(next_attempt_at=clock.now())
+    while drain().delivered:
+        pass
+    assert direct.people()["p"] == {"plan": "pro"}
+    assert Operation.objects.exclude(status=Status.DELIVERED).count() == 0
+
+
+def test_no_rate_slot_soon_stores_for_the_drain_without_waiting(
+    direct: FakeCustomerIO, settings: Any
+) -> None:
+    """The drain reserved the shared rate limit far ahead: a web request must not queue."""
+    settings.CIO_RELIABLE = {**settings.CIO_RELIABLE, "RATE_LIMIT": 1}
+    outbox.delivery_state()
+    DeliveryState.objects.update(rate_tat=clock.wall() + 60)
+    slept: list[float] = []
+    limiter = outbox.RateLimiter(sleep=slept.append)
+    assert limiter.try_acquire(0.25) is False
+    op = cio.track("p", "x")
+    assert direct.requests == []
+    op.refresh_from_db()
+    assert (op.status, op.attempts) == (Status.PENDING, 0)
+    assert slept == []
+
+
+def test_rollback_after_a_direct_send_still_reached_customer_io(direct: FakeCustomerIO) -> None:
+    """What the README says direct mode cannot keep: the request went out before the rollback."""
+    with pytest.raises(RuntimeError), transaction.atomic():
+        cio.identify("p", {"plan": "pro"})
+        raise RuntimeError("the view failed after the call")
+    assert Operation.objects.count() == 0
+    assert direct.people() == {"p": {"plan": "pro"}}
