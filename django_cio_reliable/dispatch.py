@@ -2,7 +2,10 @@
 
 - ``DISPATCH="task"`` (default): after commit, kick a django-q2 task that drains the outbox.
   Kicks are debounced per process (at most one every ``KICK_DEBOUNCE`` seconds, with one
-  trailing kick so the last commit of a burst is not left waiting for the schedule).
+  trailing kick so the last commit of a burst is not left waiting for the schedule). With
+  ``CACHE_ALIAS`` naming a shared cache, the leading kick is debounced for the whole
+  deployment: only the first process to commit in a window kicks at once; the others keep
+  their trailing kick, so a commit is never left waiting for the schedule.
 - ``DISPATCH="inline"``: after commit, deliver the transaction's operations in the committing
   thread. Simple, but the request waits for Customer.io — except while the circuit breaker
   refuses calls: then the committed operations are left to the drain at once, with no query.
@@ -14,6 +17,7 @@ the django-q2 schedule that :func:`ensure_schedules` creates after ``migrate``.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -56,13 +60,17 @@ class _Kicker:
             wait = self.last + debounce - now
             if wait <= 0:
                 self.last = now
-                send = True
+                send = _first_in_shared_window(debounce)
+                if not send:
+                    # Another process kicked moments ago; that drain may have started before
+                    # this commit, so keep one trailing kick.
+                    wait = debounce
             else:
                 send = False
-                if self.timer is None:
-                    self.timer = threading.Timer(min(wait, 3600.0), self._trailing)
-                    self.timer.daemon = True
-                    self.timer.start()
+            if not send and self.timer is None:
+                self.timer = threading.Timer(min(wait, 3600.0), self._trailing)
+                self.timer.daemon = True
+                self.timer.start()
         if send:
             self._send()
 
@@ -88,6 +96,29 @@ class _Kicker:
                 self.timer.cancel()
             self.timer = None
             self.last = float("-inf")
+
+
+#: The shared-cache key of the deployment-wide kick debounce.
+KICK_CACHE_KEY = "django_cio_reliable:drain-kick"
+
+
+def _first_in_shared_window(debounce: float) -> bool:
+    """Whether this process is the first of the deployment to kick in this debounce window.
+
+    Always ``True`` without ``CACHE_ALIAS``, or when the cache cannot be reached (a kick too
+    many is harmless; a kick too few leaves operations waiting for the schedule).
+    """
+    alias = app_settings.CACHE_ALIAS
+    if alias is None:
+        return True
+    try:
+        from django.core.cache import caches
+
+        timeout = max(1, math.ceil(debounce))  # whole seconds: memcached wants an int
+        return bool(caches[alias].add(KICK_CACHE_KEY, os.getpid(), timeout=timeout))
+    except Exception as exc:
+        log.warning("cio: the shared kick debounce is unavailable (%s); kicking anyway", exc)
+        return True
 
 
 kicker = _Kicker()

@@ -1,0 +1,101 @@
+"""The debounced drain kick, per process and shared through ``CACHE_ALIAS``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.core.cache import caches
+
+from django_cio_reliable import dispatch
+
+
+class CountingKicker(dispatch._Kicker):
+    """A kicker whose task sends are counted instead of queued."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kicks = 0
+
+    def _send(self) -> None:
+        self.kicks += 1
+
+
+@pytest.fixture
+def kickers() -> Iterator[list[CountingKicker]]:
+    made: list[CountingKicker] = []
+    yield made
+    for kicker in made:
+        kicker.reset()
+
+
+@pytest.fixture
+def shared_cache(settings: Any) -> Iterator[None]:
+    settings.CACHES = {
+        **settings.CACHES,
+        "cio-shared": {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            "LOCATION": "cio-test-shared",
+        },
+    }
+    caches["cio-shared"].clear()
+    yield
+    caches["cio-shared"].clear()
+
+
+def test_one_process_kicks_once_then_trails(settings: Any, kickers: list[CountingKicker]) -> None:
+    settings.CIO_RELIABLE = {**settings.CIO_RELIABLE, "KICK_DEBOUNCE": 3600}
+    kicker = CountingKicker()
+    kickers.append(kicker)
+    for _ in range(50):
+        kicker.kick()
+    assert kicker.kicks == 1
+    assert kicker.timer is not None  # one trailing kick for the rest of the burst
+    kicker.timer.cancel()
+    kicker._trailing()
+    assert kicker.kicks == 2
+
+
+def test_without_a_shared_cache_every_process_kicks(
+    settings: Any, kickers: list[CountingKicker]
+) -> None:
+    settings.CIO_RELIABLE = {**settings.CIO_RELIABLE, "KICK_DEBOUNCE": 3600, "CACHE_ALIAS": None}
+    kickers.extend(CountingKicker() for _ in range(4))
+    for kicker in kickers:
+        kicker.kick()
+    assert [k.kicks for k in kickers] == [1, 1, 1, 1]
+
+
+def test_a_shared_cache_makes_one_leading_kick_for_the_deployment(
+    settings: Any, shared_cache: None, kickers: list[CountingKicker]
+) -> None:
+    settings.CIO_RELIABLE = {
+        **settings.CIO_RELIABLE,
+        "KICK_DEBOUNCE": 3600,
+        "CACHE_ALIAS": "cio-shared",
+    }
+    kickers.extend(CountingKicker() for _ in range(4))  # four web processes
+    for kicker in kickers:
+        kicker.kick()
+    assert [k.kicks for k in kickers] == [1, 0, 0, 0]
+    # The others keep a trailing kick: the first drain may have started before their commit.
+    for kicker in kickers[1:]:
+        assert kicker.timer is not None
+        kicker.timer.cancel()
+        kicker._trailing()
+    assert [k.kicks for k in kickers] == [1, 1, 1, 1]
+
+
+def test_an_unreachable_shared_cache_kicks_anyway(
+    settings: Any, kickers: list[CountingKicker]
+) -> None:
+    settings.CIO_RELIABLE = {
+        **settings.CIO_RELIABLE,
+        "KICK_DEBOUNCE": 3600,
+        "CACHE_ALIAS": "missing",
+    }
+    kicker = CountingKicker()
+    kickers.append(kicker)
+    kicker.kick()
+    assert kicker.kicks == 1
