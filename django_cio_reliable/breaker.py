@@ -810,7 +810,7 @@ class Breaker:
         )
 
         def send() -> None:
-            signals.breaker_state_changed.send(
+            signals.breaker_state_changed.send_robust(
                 sender=BreakerStateRow,
                 destination=self.destination,
                 old_state=transition.from_state,

@@ -99,3 +99,44 @@ def test_an_unreachable_shared_cache_kicks_anyway(
     kickers.append(kicker)
     kicker.kick()
     assert kicker.kicks == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_raising_receiver_breaks_neither_the_request_nor_the_drain(
+    fake_cio: Any, settings: Any
+) -> None:
+    """A buggy metrics receiver must not fail the committing request, skip the kick or stop
+    a drain run halfway (signals are sent with ``send_robust``)."""
+    import django_cio_reliable as cio
+    from django_cio_reliable import outbox, signals
+    from django_cio_reliable.models import Operation
+
+    settings.CIO_RELIABLE = {
+        **settings.CIO_RELIABLE,
+        "DISPATCH": "task",
+        "KICK_DEBOUNCE": 3600,
+        "RATE_LIMIT": 10_000,
+        "BATCH": False,
+    }
+    kicked: list[int] = []
+    original = dispatch.kicker._send
+    dispatch.kicker._send = lambda: kicked.append(1)  # type: ignore[method-assign]
+    dispatch.kicker.reset()
+
+    def broken(**kwargs: Any) -> None:
+        raise RuntimeError("metrics backend is down")
+
+    for signal in (signals.operation_enqueued, signals.operation_delivered):
+        signal.connect(broken, dispatch_uid="broken-receiver")
+    try:
+        for i in range(3):
+            cio.track(f"p{i}", "x")  # autocommit: each commit runs the on-commit callbacks
+        assert kicked == [1]
+        result = outbox.drain(max_seconds=30, sleep=lambda s: None)
+    finally:
+        for signal in (signals.operation_enqueued, signals.operation_delivered):
+            signal.disconnect(dispatch_uid="broken-receiver")
+        dispatch.kicker._send = original  # type: ignore[method-assign]
+        dispatch.kicker.reset()
+    assert result.delivered == 3
+    assert Operation.objects.filter(status=Operation.Status.DELIVERED).count() == 3
