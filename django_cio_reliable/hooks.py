@@ -1216,12 +1216,18 @@ def _store_identifies(batch: Sequence[tuple[str, dict[str, Any]]], using: str) -
     one is announced after commit the same way (``operation_enqueued``, then dispatch).
     """
     from django.db import connections
+    from django.db.models.signals import post_save
 
     from django_cio_reliable import clock, outbox
     from django_cio_reliable.models import Operation
 
-    if not connections[using].features.can_return_rows_from_bulk_insert:
-        for person, payload in batch:  # no primary keys back from a bulk insert: one by one
+    if (
+        not connections[using].features.can_return_rows_from_bulk_insert
+        # bulk_create sends no post_save: whoever listens for new operations (such as
+        # testing.capture_operations) would miss these rows.
+        or post_save.has_listeners(Operation)
+    ):
+        for person, payload in batch:  # one by one
             outbox.enqueue(
                 "identify", person, payload, payload_bytes=validation.json_bytes(payload)
             )

@@ -889,6 +889,18 @@ def test_capture_operations_with_hooks(identify_hook: hooks.Hook) -> None:
         ops.assert_enqueued("identify", attributes={"email": "b@example.com"})
 
 
+@pytest.mark.django_db
+def test_capture_operations_sees_a_backfill(identify_hook: hooks.Hook) -> None:
+    """The backfill stores with bulk_create (no post_save) unless someone is capturing."""
+    with cio.hooks.paused():
+        Customer.objects.bulk_create([Customer(email=f"{i}@example.com") for i in range(3)])
+    with cio.testing.capture_operations() as ops:
+        result = cio.hooks.identify_queryset(Customer.objects.all())
+    assert result.identified == 3
+    for i in range(3):
+        ops.assert_enqueued_once("identify", attributes={"email": f"{i}@example.com"})
+
+
 # --------------------------------------------------------------------------- identify_queryset
 
 
