@@ -1,4 +1,4 @@
-"""``manage.py cio_status``: queue depth, oldest open operation, dead letters, pauses.
+"""``manage.py cio_status``: queue depth, oldest open operation, dead letters, pauses, breaker.
 
 Exit codes: 0 healthy, or no ``--fail-on-*`` flag given; 1 a ``--fail-on-*`` condition holds
 (the report is printed first); 2 bad arguments.
@@ -13,7 +13,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from django_cio_reliable import outbox
+from django_cio_reliable import breaker, outbox
 
 EXIT_UNHEALTHY = 1
 EXIT_BAD_ARGUMENTS = 2
@@ -49,7 +49,21 @@ def _iso(moment: datetime | None) -> str | None:
     return timezone.localtime(moment).isoformat(timespec="seconds")
 
 
-def build_report(status: outbox.QueueStatus) -> dict[str, Any]:
+def breaker_report(snapshot: breaker.Snapshot) -> dict[str, Any]:
+    """The circuit breaker's part of the report."""
+    return {
+        "state": snapshot.state,
+        "mode": snapshot.mode,
+        "open_since": _iso(snapshot.open_since),
+        "retry_at": _iso(snapshot.retry_at),
+        "failure_rate": round(snapshot.failure_rate, 3),
+        "calls_in_window": snapshot.calls,
+    }
+
+
+def build_report(
+    status: outbox.QueueStatus, snapshot: breaker.Snapshot | None = None
+) -> dict[str, Any]:
     """The machine-readable report (what ``--json`` prints)."""
     counts = {name: int(status.counts.get(name, 0)) for name in STATUSES}
     for name, count in status.counts.items():
@@ -64,6 +78,7 @@ def build_report(status: outbox.QueueStatus) -> dict[str, Any]:
         "paused_until": _iso(status.paused_until),
         "pause_reason": status.pause_reason or None,
         "credentials_failed_at": _iso(status.auth_failed_at),
+        "breaker": None if snapshot is None else breaker_report(snapshot),
     }
 
 
@@ -72,7 +87,7 @@ class Command(BaseCommand):
 
     help = (
         "Show the outbox: operations by status, the age of the oldest open operation, dead "
-        "letters, and whether delivery is paused. Exit codes: 0 ok, 1 a --fail-on-* condition "
+        "letters, whether delivery is paused, and the circuit breaker. Exit codes: 0 ok, 1 a --fail-on-* condition "
         "holds, 2 bad arguments."
     )
 
@@ -95,6 +110,11 @@ class Command(BaseCommand):
             help="exit 1 when the oldest open operation is older than SECONDS",
         )
         parser.add_argument(
+            "--fail-on-breaker",
+            action="store_true",
+            help="exit 1 when the circuit breaker is not closed (open, half-open, forced open)",
+        )
+        parser.add_argument(
             "--fail-on-auth",
             action="store_true",
             help="exit 1 when Customer.io rejected the credentials and no request succeeded since",
@@ -108,7 +128,7 @@ class Command(BaseCommand):
             raise CommandError("--fail-on-backlog must be 0 or more", returncode=EXIT_BAD_ARGUMENTS)
         if age_limit is not None and age_limit < 0:
             raise CommandError("--fail-on-age must be 0 or more", returncode=EXIT_BAD_ARGUMENTS)
-        report = build_report(outbox.queue_status())
+        report = build_report(outbox.queue_status(), breaker.get_breaker().snapshot(fresh=True))
 
         failures: list[str] = []
         if options["fail_on_dead"] and report["dead"]:
@@ -118,6 +138,11 @@ class Command(BaseCommand):
         age = report["oldest_open_age_seconds"]
         if age_limit is not None and age is not None and age > age_limit:
             failures.append(f"oldest open operation is {age:.0f}s old (more than {age_limit:g}s)")
+        state = report["breaker"]
+        if options["fail_on_breaker"] and (
+            state["state"] != "closed" or state["mode"] == "forced_open"
+        ):
+            failures.append(f"circuit breaker is {state['state']} ({state['mode']})")
         if options["fail_on_auth"] and report["credentials_failed_at"]:
             failures.append("Customer.io rejected the credentials")
 
@@ -149,6 +174,15 @@ class Command(BaseCommand):
             self.stdout.write(f"Delivery paused until {report['paused_until']}: {label}")
         else:
             self.stdout.write("Delivery: not paused")
+        state = report["breaker"]
+        line = f"Circuit breaker: {state['state'].replace('_', '-')}"
+        if state["mode"] != "auto":
+            line += f" ({state['mode'].replace('_', ' ')})"
+        if state["open_since"]:
+            line += f", not closed since {state['open_since']}"
+        if state["retry_at"]:
+            line += f", next probe at {state['retry_at']}"
+        self.stdout.write(line)
         if report["credentials_failed_at"]:
             self.stdout.write(
                 f"Credentials: Customer.io rejected them at {report['credentials_failed_at']} "
