@@ -87,8 +87,8 @@ class Command(BaseCommand):
 
     help = (
         "Show the outbox: operations by status, the age of the oldest open operation, dead "
-        "letters, whether delivery is paused, and the circuit breaker. Exit codes: 0 ok, 1 a --fail-on-* condition "
-        "holds, 2 bad arguments."
+        "letters, whether delivery is paused, and the circuit breaker. Exit codes: 0 ok, "
+        "1 a --fail-on-* condition holds, 2 bad arguments."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
