@@ -23,11 +23,11 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 demo: $(BIN)/.installed
 	$(BIN)/python example_project/demo.py $(ARGS)
 
-## make test: the default interpreter's tox env, lint, types, and with CI=true PostgreSQL too
+## make test: the default interpreter's tox env, lint, types, and with CI=true PostgreSQL too (installs Chromium for the browser test when missing)
 test: $(BIN)/.installed
+	$(MAKE) browser
 ifeq ($(CI),true)
 	$(MAKE) postgres
-	$(MAKE) browser
 endif
 	$(BIN)/tox run -e $(TOX_ENVS)
 
