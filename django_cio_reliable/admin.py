@@ -5,10 +5,11 @@ Every page is read-only; changes happen through actions and buttons that call in
 
 - Operations (and the "Dead letters" page, a proxy of the dead ones): actions *replay now*
   (requeue and deliver right away), *requeue* and *mark dead*, gated by the
-  ``django_cio_reliable.replay_operation`` permission. The payload (personal data) is shown
-  only to users with ``django_cio_reliable.view_payload``; others see its size.
+  ``django_cio_reliable.replay_operation`` permission; operations whose payload was erased
+  (forgotten people) are never replayed. The payload (personal data) is shown only to users
+  with ``django_cio_reliable.view_payload``; others see its size.
 - Breaker state: force open / force closed / disabled / reset buttons (POST with CSRF, gated by
-  ``django_cio_reliable.change_breakerstate``, recorded as breaker events with the user).
+  ``django_cio_reliable.force_breaker``, recorded as breaker events with the user).
 - A dashboard (``admin:django_cio_reliable_operation_dashboard``), linked from the admin
   index: breaker state and transitions, backlog by status, the oldest open operation,
   throughput as an SVG chart, and the top error reasons.
@@ -56,6 +57,7 @@ from django_cio_reliable.models import (
     IdempotencyKey,
     Operation,
 )
+from django_cio_reliable.privacy import erased
 
 if TYPE_CHECKING:
     OperationBase = admin.ModelAdmin[Operation]
@@ -72,7 +74,7 @@ log = logging.getLogger(__name__)
 #: Permissions, as ``app_label.codename``.
 VIEW_PAYLOAD = "django_cio_reliable.view_payload"
 REPLAY = "django_cio_reliable.replay_operation"
-CHANGE_BREAKER = views.BREAKER_PERMISSION
+FORCE_BREAKER = views.BREAKER_PERMISSION
 
 #: "Replay now" delivers at most this many operations in the request; more: use "requeue".
 REPLAY_NOW_LIMIT = 100
@@ -188,6 +190,7 @@ class OperationAdmin(ReadOnlyMixin, OperationBase):
         "updated_at",
         "delivered_at",
         "dead_at",
+        "payload_erased_at",
     )
 
     # ------------------------------------------------------------------ fields
@@ -213,6 +216,8 @@ class OperationAdmin(ReadOnlyMixin, OperationBase):
     @admin.display(description="payload")
     def payload_json(self, obj: Operation) -> str:
         """The payload as indented JSON (escaped), with a link to the raw JSON."""
+        if obj.payload_erased_at is not None:
+            return self.payload_size(obj)
         text = json.dumps(obj.payload, indent=2, sort_keys=True, ensure_ascii=False)
         url = reverse(
             f"admin:{obj._meta.app_label}_{self.opts.model_name}_payload",
@@ -225,6 +230,8 @@ class OperationAdmin(ReadOnlyMixin, OperationBase):
     def payload_size(self, obj: Operation) -> str:
         """How big the payload is, for users who may not see it."""
         size = obj.payload_bytes or len(json.dumps(obj.payload, separators=(",", ":")).encode())
+        if obj.payload_erased_at is not None:
+            return f"{size:,} bytes (erased: delivered and scrubbed, or the person was forgotten)"
         return (
             f"{size:,} bytes (hidden: seeing payloads needs the "
             "“Can view operation payloads” permission)"
@@ -317,7 +324,8 @@ class OperationAdmin(ReadOnlyMixin, OperationBase):
         if not requeued:
             self.message_user(
                 request,
-                "Nothing to replay: the selected operations are delivered or being sent.",
+                "Nothing to replay: the selected operations are delivered, being sent, or "
+                "their payload was erased (a forgotten person).",
                 messages.WARNING,
             )
             return
@@ -359,14 +367,17 @@ class OperationAdmin(ReadOnlyMixin, OperationBase):
     def requeue(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         """Requeue the selection for immediate delivery by the worker."""
         self._require_replay(request)
-        requeued = outbox.replay(Operation.objects.filter(pk__in=queryset.values("pk")))
+        ids = self._ids(queryset)
+        wiped = Operation.objects.filter(pk__in=ids).filter(erased()).count()
+        requeued = outbox.replay(Operation.objects.filter(pk__in=ids))
         log.info("cio: %d operations requeued by %s", requeued, request.user)
         if requeued:
             _kick()
-        skipped = queryset.count() - requeued
+        skipped = len(ids) - requeued
         text = f"Requeued {_plural(requeued, 'operation')}."
         if skipped > 0:
-            text += f" Skipped {skipped} (delivered or being sent)."
+            text += f" Skipped {skipped} (delivered or being sent"
+            text += f"; {wiped} with their payload erased)." if wiped else ")."
         self.message_user(request, text, messages.SUCCESS if requeued else messages.WARNING)
 
     @admin.action(
@@ -540,7 +551,7 @@ class BreakerStateAdmin(ReadOnlyMixin, BreakerStateBase):
 
     def force_view(self, request: HttpRequest) -> HttpResponseBase:
         """POST ``mode`` (and an optional ``reason``): force the breaker, record who did it."""
-        if not request.user.has_perm(CHANGE_BREAKER):
+        if not request.user.has_perm(FORCE_BREAKER):
             raise PermissionDenied
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])

@@ -181,8 +181,8 @@ CHECKS: Final[dict[str, CheckSpec]] = _build_registry(
         ERROR,
         "CACHE_ALIAS names no configured cache",
         "CIO_RELIABLE['CACHE_ALIAS'] is {alias}, which is not a key of CACHES.",
-        "Use one of the configured aliases ({aliases}), or remove CACHE_ALIAS to keep the shared "
-        "state in the database.",
+        "Use one of the configured aliases ({aliases}), or remove CACHE_ALIAS to let each "
+        "process debounce its own drain kicks.",
     ),
     CheckSpec(
         "cio_reliable.E015",
@@ -264,10 +264,10 @@ CHECKS: Final[dict[str, CheckSpec]] = _build_registry(
         "cio_reliable.W006",
         WARNING,
         "CACHE_ALIAS names a process-local cache",
-        "CIO_RELIABLE['CACHE_ALIAS'] is {alias}, a {backend} that {problem}; the circuit "
-        "breaker, the rate limit and delivery pauses are shared state every process must see.",
+        "CIO_RELIABLE['CACHE_ALIAS'] is {alias}, a {backend} that {problem}; the drain-kick "
+        "debounce it holds must be seen by every process to be shared.",
         "Point CACHE_ALIAS at a cache shared by every process (Redis, Memcached, "
-        "DatabaseCache), or remove it to keep the shared state in the database.{note}",
+        "DatabaseCache), or remove it to let each process debounce its own kicks.{note}",
     ),
     CheckSpec(
         "cio_reliable.W007",
@@ -285,6 +285,16 @@ CHECKS: Final[dict[str, CheckSpec]] = _build_registry(
         "CIO_RELIABLE['HOOKS'][{first}]: only the later one is registered.",
         "Remove the duplicate, or give one of them its own 'dispatch_uid' (two hooks of one "
         "kind on one model need distinct uids).",
+    ),
+    CheckSpec(
+        "cio_reliable.W009",
+        WARNING,
+        "SQLite without transaction_mode IMMEDIATE",
+        "DATABASES[{alias}] is SQLite with transaction_mode {mode}: when a web process and a "
+        "qcluster worker write at once, SQLite refuses one of them with 'database is locked' "
+        "instead of waiting (the outbox claim and the shared rate limit read, then write).",
+        "Set DATABASES[{alias}]['OPTIONS']['transaction_mode'] = 'IMMEDIATE' (and a 'timeout' "
+        "of a few seconds), or use PostgreSQL when more than one process writes.",
     ),
 )
 
@@ -445,6 +455,7 @@ SETTING_RULES: Final[dict[str, Rule]] = {
     "REPLAY_WINDOW": _NON_NEGATIVE,
     "RETAIN_DELIVERED": _NON_NEGATIVE,
     "RETAIN_DEAD": _NON_NEGATIVE,
+    "SCRUB_DELIVERED": Rule("bool"),
     "PURGE_BATCH_SIZE": Rule("int", low=1),
     "CACHE_ALIAS": Rule("str", nullable=True),
     "HOOKS": Rule("list", note=" Each entry is a dict; docs/hooks.md describes them."),
@@ -820,6 +831,33 @@ def check_time_zone(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> l
         A warning when ``USE_TZ`` is ``False``; empty otherwise.
     """
     return [] if settings.USE_TZ else [_message("cio_reliable.W007")]
+
+
+@register(TAG, Tags.database)
+def check_sqlite_transactions(
+    app_configs: Sequence[AppConfig] | None, **kwargs: Any
+) -> list[CheckMessage]:
+    """Warn when the outbox lives in SQLite opened in the default (deferred) transaction mode.
+
+    Args:
+        app_configs: The apps being checked (unused: settings are global).
+        **kwargs: Other arguments of the check framework.
+
+    Returns:
+        A warning for the outbox's database when it is SQLite without ``IMMEDIATE``.
+    """
+    from django.db import router
+
+    from django_cio_reliable.models import Operation
+
+    alias = router.db_for_write(Operation) or "default"
+    database = settings.DATABASES.get(alias) or {}
+    if not str(database.get("ENGINE", "")).endswith("sqlite3"):
+        return []
+    mode = (database.get("OPTIONS") or {}).get("transaction_mode")
+    if str(mode).upper() == "IMMEDIATE":
+        return []
+    return [_message("cio_reliable.W009", alias=repr(alias), mode=repr(mode or "DEFERRED"))]
 
 
 @register(TAG)

@@ -66,6 +66,7 @@ DEFAULTS: Final[dict[str, Any]] = {
     # Retention.
     "RETAIN_DELIVERED": 7 * 24 * 3600,
     "RETAIN_DEAD": 30 * 24 * 3600,
+    "SCRUB_DELIVERED": True,
     "PURGE_BATCH_SIZE": 1000,
     # Shared state (breaker cache, rate limiter, pauses).
     "CACHE_ALIAS": None,
@@ -268,6 +269,11 @@ class Settings:
     @property
     def RETAIN_DEAD(self) -> float:
         return float(self.get("RETAIN_DEAD"))
+
+    @property
+    def SCRUB_DELIVERED(self) -> bool:
+        """Whether a delivered operation's stored payload is emptied when it is acknowledged."""
+        return bool(self.get("SCRUB_DELIVERED"))
 
     @property
     def PURGE_BATCH_SIZE(self) -> int:

@@ -1,10 +1,20 @@
 """Forget a person: erase every payload and idempotency key the outbox holds for them.
 
 Customer.io payloads are personal data; the outbox must not become a second, forgotten copy.
-:func:`forget` is safe to run while workers drain: open operations of the person are
-dead-lettered and erased in one statement, so no worker claims them afterwards. An operation
-already in flight (claimed by a worker that holds its payload in memory) may still be sent once;
-its stored payload is erased all the same, and :class:`ForgetResult` reports how many there were.
+:func:`forget` is safe to run while workers drain. Every open operation of the person —
+pending, failed, and also those being sent right now — is dead-lettered as
+:data:`FORGOTTEN`, its payload erased and its lease token cleared, so:
+
+- no worker claims it afterwards (it is dead), and a lease expiry cannot bring it back;
+- the worker that holds it finds no row with its lease token: its fenced acknowledgement,
+  reschedule or hand-back (``ack_delivered``, ``ack_failed``, ``release``, ``hold``) changes
+  nothing, so it is never retried;
+- replays (``outbox.replay``, ``cio_replay``, the admin actions) skip it: its payload is gone
+  and an emptied ``identify`` could recreate a deleted person.
+
+What cannot be taken back is a request already on its way: a worker that claimed an operation
+holds its payload in memory and may send it once (at most one operation of a person is in
+flight at a time, because of per-person order). :attr:`ForgetResult.in_flight` counts them.
 """
 
 from __future__ import annotations
@@ -12,8 +22,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from django.db import transaction
+from django.db import models, transaction
 from django.db.models import Q
+from django.db.models.functions import Coalesce
 
 from django_cio_reliable import clock, validation
 from django_cio_reliable.idempotency import key_cache
@@ -22,7 +33,16 @@ from django_cio_reliable.models import IdempotencyKey, Operation
 log = logging.getLogger(__name__)
 
 Status = Operation.Status
+#: ``last_error`` of an operation cancelled by :func:`forget`.
 FORGOTTEN = "forgotten: payload erased on request"
+
+
+def erased() -> Q:
+    """Operations whose payload was erased (delivered and scrubbed, or forgotten).
+
+    They are never sent again: replays skip them.
+    """
+    return Q(payload_erased_at__isnull=False) | Q(last_error=FORGOTTEN)
 
 
 @dataclass
@@ -30,8 +50,11 @@ class ForgetResult:
     """What :func:`forget` removed.
 
     Attributes:
-        cancelled: Open operations that will never be sent (now dead, payload erased).
-        in_flight: Operations being sent right now; they may still reach Customer.io once.
+        cancelled: Pending or failed operations that will never be sent (now dead, payload
+            erased).
+        in_flight: Operations a worker was sending; they are ended the same way (dead, payload
+            erased, lease revoked) and never retried, but the request already on its way may
+            reach Customer.io once.
         erased: Delivered or dead operations whose stored payload was erased.
         keys: Idempotency keys deleted.
         delete_operation_id: The id of the enqueued Customer.io ``delete``, if one was asked for.
@@ -56,6 +79,11 @@ def _person(customer_id: str) -> Q:
 def forget(customer_id: str | int, *, send_delete: bool = False) -> ForgetResult:
     """Erase every stored payload and idempotency key of ``customer_id``.
 
+    Open operations (pending, failed, and being sent) are dead-lettered as
+    :data:`FORGOTTEN` with their payload erased; delivered and dead ones keep their row
+    (kind, ids, timestamps, size) without the payload. Once this returns, no operation of the
+    person is sent, except a request a worker had already started (see the module docs).
+
     Args:
         customer_id: The person's customer id (anonymous operations with the same id are
             erased too).
@@ -71,20 +99,33 @@ def forget(customer_id: str | int, *, send_delete: bool = False) -> ForgetResult
     cid = validation.customer_id(customer_id)
     now = clock.now()
     result = ForgetResult()
+    forgotten = {
+        "status": Status.DEAD,
+        "dead_at": now,
+        "payload": {},
+        "payload_erased_at": now,
+        "idempotency_key": "",
+        "last_error": FORGOTTEN,
+        "lease_token": "",
+        "lease_expires_at": None,
+    }
     with transaction.atomic():
         ops = Operation.objects.filter(_person(cid))
+        # Open ones first: one that is acknowledged delivered meanwhile is erased below.
         result.cancelled = ops.filter(status__in=[Status.PENDING, Status.FAILED]).update(
-            status=Status.DEAD,
-            dead_at=now,
-            payload={},
-            idempotency_key="",
-            last_error=FORGOTTEN,
+            **forgotten
         )
-        result.in_flight = ops.filter(status=Status.SENDING).update(payload={}, idempotency_key="")
+        result.in_flight = ops.filter(status=Status.SENDING).update(**forgotten)
         result.erased = (
             ops.filter(status__in=[Status.DELIVERED, Status.DEAD])
             .exclude(last_error=FORGOTTEN, dead_at=now)
-            .update(payload={}, idempotency_key="")
+            .update(
+                payload={},
+                idempotency_key="",
+                payload_erased_at=Coalesce(
+                    "payload_erased_at", models.Value(now), output_field=models.DateTimeField()
+                ),
+            )
         )
         keys = list(IdempotencyKey.objects.filter(person_key__in=[f"c:{cid}", f"a:{cid}"]))
         result.keys = IdempotencyKey.objects.filter(pk__in=[k.pk for k in keys]).delete()[0]
@@ -95,7 +136,7 @@ def forget(customer_id: str | int, *, send_delete: bool = False) -> ForgetResult
 
             result.delete_operation_id = api.delete(cid).pk
     log.info(
-        "cio: forgot a person: %d cancelled, %d in flight, %d erased, %d keys",
+        "cio: forgot a person: %d cancelled, %d in flight ended, %d erased, %d keys",
         result.cancelled,
         result.in_flight,
         result.erased,

@@ -32,8 +32,9 @@ if TYPE_CHECKING:
 
 #: Who may open the dashboard.
 DASHBOARD_PERMISSION = "django_cio_reliable.view_operation"
-#: Who may force the breaker open, closed, disabled, or reset it.
-BREAKER_PERMISSION = "django_cio_reliable.change_breakerstate"
+#: Who may force the breaker open, closed, disabled, or reset it (a dedicated permission, not
+#: Django's generic ``change_breakerstate``).
+BREAKER_PERMISSION = "django_cio_reliable.force_breaker"
 #: Statuses in the order the dashboard lists them.
 STATUSES = ("pending", "sending", "failed", "delivered", "dead")
 OPEN_STATUSES = ("pending", "sending", "failed")
@@ -148,7 +149,7 @@ def dashboard_view(request: HttpRequest, *, admin_site: AdminSite) -> HttpRespon
     """The delivery dashboard: breaker, backlog, throughput chart, top error reasons.
 
     Needs the ``django_cio_reliable.view_operation`` permission (403 otherwise); the force
-    buttons need ``django_cio_reliable.change_breakerstate``.
+    buttons need ``django_cio_reliable.force_breaker``.
     """
     if not request.user.has_perm(DASHBOARD_PERMISSION):
         raise PermissionDenied

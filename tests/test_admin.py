@@ -22,6 +22,7 @@ from django_cio_reliable.models import (
     IdempotencyKey,
     Operation,
 )
+from django_cio_reliable.privacy import forget
 from django_cio_reliable.testing import FakeCustomerIO
 from tests.conftest import API_KEY
 
@@ -311,7 +312,8 @@ def test_replay_now_with_nothing_replayable(admin_client: Client) -> None:
     done = store(status="delivered")
     response = action(admin_client, OPERATIONS, "replay_now", [done])
     assert messages_of(response) == [
-        "Nothing to replay: the selected operations are delivered or being sent."
+        "Nothing to replay: the selected operations are delivered, being sent, or their "
+        "payload was erased (a forgotten person)."
     ]
 
 
@@ -504,7 +506,7 @@ def test_operators_with_permissions_can_act(django_user_model: Any) -> None:
         "view_operation",
         "replay_operation",
         "view_breakerstate",
-        "change_breakerstate",
+        "force_breaker",
     )
     response = action(client, OPERATIONS, "requeue", [op])
     assert messages_of(response) == ["Requeued 1 operation."]
@@ -512,6 +514,53 @@ def test_operators_with_permissions_can_act(django_user_model: Any) -> None:
     event = BreakerEvent.objects.get()
     assert event.username == "staff"
     assert 'id="cio-force-form"' in client.get(DASHBOARD).content.decode()
+
+
+def test_forcing_the_breaker_needs_its_own_permission(django_user_model: Any) -> None:
+    # Django's generic "change" permission on the breaker rows is not enough.
+    client = staff_client(
+        django_user_model,
+        "view_operation",
+        "view_breakerstate",
+        "change_breakerstate",
+        "replay_operation",
+    )
+    for mode in ("forced_open", "forced_closed", "disabled", "auto"):
+        assert client.post(FORCE, {"mode": mode}).status_code == 403, mode
+    assert "cio-force-form" not in client.get(BREAKER).content.decode()
+    assert "cio-force-form" not in client.get(DASHBOARD).content.decode()
+    assert breaker.get_breaker().snapshot(fresh=True).mode == "auto"
+    assert not BreakerEvent.objects.exists()
+
+
+def test_force_breaker_permission_alone_lets_a_user_force(django_user_model: Any) -> None:
+    client = staff_client(django_user_model, "force_breaker", name="oncall")
+    assert client.post(FORCE, {"mode": "forced_open", "reason": "incident"}).status_code == 302
+    assert breaker.get_breaker().snapshot(fresh=True).mode == "forced_open"
+    assert BreakerEvent.objects.get().username == "oncall"
+
+
+def test_forgotten_operations_are_not_replayed_from_the_admin(admin_client: Client) -> None:
+    gone = store("forgotten-1", status="dead", code=400, error="permanent (HTTP 400): bad")
+    kept = store("kept-1", status="dead", code=400, error="permanent (HTTP 400): bad")
+    forget("forgotten-1")
+
+    response = action(admin_client, DEAD_LETTERS, "requeue", [gone, kept])
+    assert messages_of(response) == [
+        "Requeued 1 operation. Skipped 1 (delivered or being sent; 1 with their payload erased)."
+    ]
+    gone.refresh_from_db()
+    kept.refresh_from_db()
+    assert (gone.status, gone.payload) == ("dead", {})
+    assert kept.status == "pending"
+
+    response = action(admin_client, OPERATIONS, "replay_now", [gone])
+    assert "their payload was erased" in messages_of(response)[0]
+    gone.refresh_from_db()
+    assert gone.status == "dead"
+    page = admin_client.get(f"{OPERATIONS}{gone.pk}/change/").content.decode()
+    assert "erased" in page
+    assert EMAIL not in page
 
 
 def test_url_names() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 from io import StringIO
 from pathlib import Path
@@ -38,6 +39,7 @@ CHECK_FUNCTIONS = (
     checks.check_cache,
     checks.check_time_zone,
     checks.check_hooks,
+    checks.check_sqlite_transactions,
 )
 
 #: Every id ever shipped and what it means. Ids are stable: never change the meaning of one;
@@ -69,6 +71,7 @@ SHIPPED = {
     "cio_reliable.W006": "CACHE_ALIAS names a process-local cache",
     "cio_reliable.W007": "USE_TZ is False",
     "cio_reliable.W008": "Two HOOKS entries share a dispatch uid",
+    "cio_reliable.W009": "SQLite without transaction_mode IMMEDIATE",
 }
 
 
@@ -100,7 +103,10 @@ def configure(settings: Settings, cio: dict[str, Any], django: dict[str, Any]) -
         if value is DELETE:
             delattr(settings, name)
         else:
-            setattr(settings, name, value)
+            with warnings.catch_warnings():
+                # Django warns about overriding DATABASES; the checks only read the setting.
+                warnings.filterwarnings("ignore", "Overriding setting DATABASES", UserWarning)
+                setattr(settings, name, value)
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,7 @@ CASES = [
     Case("cio_reliable.E003", "MAX_ATTEMPTS", cio={"MAX_ATTEMPTS": True}),
     Case("cio_reliable.E003", "MAX_ATTEMPTS", cio={"MAX_ATTEMPTS": 3.0}),
     Case("cio_reliable.E003", "BATCH", cio={"BATCH": 1}),
+    Case("cio_reliable.E003", "SCRUB_DELIVERED", cio={"SCRUB_DELIVERED": "yes"}),
     Case("cio_reliable.E003", "SITE_ID", cio={"SITE_ID": 42}),
     Case("cio_reliable.E003", "API_KEY", cio={"API_KEY": SECRET.encode()}),
     Case("cio_reliable.E003", "API_KEY_ENV", cio={"API_KEY_ENV": None}),
@@ -323,6 +330,28 @@ CASES = [
     ),
     Case("cio_reliable.W007", "USE_TZ", django={"USE_TZ": False}),
     Case("cio_reliable.W008", "dispatch uid", cio={"HOOKS": [HOOK, HOOK]}),
+    Case(
+        "cio_reliable.W009",
+        "transaction_mode",
+        django={
+            "DATABASES": {
+                "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": "shop.sqlite3"}
+            }
+        },
+    ),
+    Case(
+        "cio_reliable.W009",
+        "'DEFERRED'",
+        django={
+            "DATABASES": {
+                "default": {
+                    "ENGINE": "django.db.backends.sqlite3",
+                    "NAME": "shop.sqlite3",
+                    "OPTIONS": {"transaction_mode": "DEFERRED"},
+                }
+            }
+        },
+    ),
 ]
 
 

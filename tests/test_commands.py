@@ -21,6 +21,7 @@ from django_cio_reliable.conf import app_settings
 from django_cio_reliable.idempotency import new_event_id
 from django_cio_reliable.management.commands import cio_replay, cio_status
 from django_cio_reliable.models import DeliveryState, Operation
+from django_cio_reliable.privacy import FORGOTTEN
 from django_cio_reliable.testing import FakeCustomerIO
 from tests.conftest import API_KEY
 
@@ -446,6 +447,7 @@ def test_replay_of_a_delivered_event_is_deduplicated_by_its_id(
     server: FakeCustomerIO, settings: Any
 ) -> None:
     no_batching(settings)
+    settings.CIO_RELIABLE = {**settings.CIO_RELIABLE, "SCRUB_DELIVERED": False}
     op = dead_via_api(1)[0]
     replay("--now", command=now_command())
     replay(
@@ -460,6 +462,57 @@ def test_replay_of_a_delivered_event_is_deduplicated_by_its_id(
     receipts = [r for r in server.receipts if r.kind == "track"]
     assert [r.event_id for r in receipts] == [op.event_id, op.event_id]
     assert [r.applied for r in receipts] == [True, False]
+
+
+def test_scrubbed_delivered_operations_are_never_replayed(
+    server: FakeCustomerIO, settings: Any
+) -> None:
+    no_batching(settings)
+    op = dead_via_api(1)[0]
+    replay("--now", command=now_command())
+    row = Operation.objects.get(pk=op.pk)
+    assert row.status == "delivered"
+    assert row.payload == {}
+    assert row.payload_erased_at is not None
+
+    out, err = replay(
+        "--now",
+        "--status",
+        "delivered",
+        "--include-delivered",
+        "--id",
+        str(op.pk),
+        command=now_command(),
+    )
+
+    assert "Skipped 1 operation whose payload was erased" in out
+    assert "No operations match." in out
+    assert f"#{op.pk} (delivered, payload erased)" in err
+    assert [r.event_id for r in server.receipts if r.kind == "track"] == [op.event_id]
+
+
+def test_forgotten_operations_are_never_replayed(server: FakeCustomerIO) -> None:
+    gone, kept = dead_via_api(2)
+    pending = cio.track(gone.customer_id, "later")
+    cio.forget(gone.customer_id)
+    assert Operation.objects.get(pk=gone.pk).payload_erased_at is not None
+    assert Operation.objects.get(pk=pending.pk).last_error == FORGOTTEN
+
+    dry, _ = replay("--dry-run")
+    assert "Skipped 2 operations whose payload was erased" in dry
+    assert "Dry run: 1 operation would be replayed" in dry
+
+    out, _ = replay("--now", command=now_command())
+
+    assert "Skipped 2 operations whose payload was erased" in out
+    assert out.splitlines()[-1] == "delivered=1 dead=0 failed=0 skipped=0"
+    assert status_of(gone, pending, kept) == ["dead", "dead", "delivered"]
+    assert [r.customer_id for r in server.receipts] == [kept.customer_id]
+
+    requeued, err = replay("--status", "dead", "--id", str(gone.pk), "--id", str(pending.pk))
+    assert "No operations match." in requeued
+    assert f"#{gone.pk} (dead, payload erased)" in err
+    assert status_of(gone, pending) == ["dead", "dead"]
 
 
 def test_now_partial_failure_exits_1(server: FakeCustomerIO, settings: Any) -> None:

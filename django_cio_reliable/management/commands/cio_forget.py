@@ -12,8 +12,9 @@ from django_cio_reliable.privacy import forget
 
 class Command(BaseCommand):
     help = (
-        "Erase every stored payload and idempotency key of a person; open operations are "
-        "cancelled. An operation already in flight may still be sent once."
+        "Erase every stored payload and idempotency key of a person; open operations "
+        "(including those being sent) are cancelled and never retried or replayed. A request "
+        "a worker had already started may still reach Customer.io once."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -36,8 +37,9 @@ class Command(BaseCommand):
         if result.in_flight:
             self.stdout.write(
                 self.style.WARNING(
-                    f"{result.in_flight} operation(s) were being sent: they may reach "
-                    "Customer.io once; their stored payload is erased."
+                    f"{result.in_flight} operation(s) were being sent: the request already "
+                    "on its way may reach Customer.io once; they are never retried and "
+                    "their stored payload is erased."
                 )
             )
         if result.delete_operation_id is not None:

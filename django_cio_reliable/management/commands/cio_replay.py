@@ -27,6 +27,7 @@ from django.utils.dateparse import parse_date, parse_datetime
 from django_cio_reliable import breaker, clock, outbox
 from django_cio_reliable.conf import app_settings
 from django_cio_reliable.models import DeliveryState, Operation
+from django_cio_reliable.privacy import erased
 
 log = logging.getLogger(__name__)
 
@@ -208,11 +209,7 @@ class Selection:
         return select_for_replay(self)
 
 
-def select_for_replay(selection: Selection) -> QuerySet[Operation]:
-    """The operations matching ``selection``, oldest (lowest id) first.
-
-    Belongs in :mod:`django_cio_reliable.outbox` (the admin's replay action wants it too).
-    """
+def _query(selection: Selection) -> Q:
     query = Q(status__in=selection.statuses)
     if selection.kinds:
         query &= Q(kind__in=selection.kinds)
@@ -229,8 +226,28 @@ def select_for_replay(selection: Selection) -> QuerySet[Operation]:
         query &= Q(id__in=selection.ids)
     if selection.error_contains:
         query &= Q(last_error__icontains=selection.error_contains)
-    selected: QuerySet[Operation] = Operation.objects.filter(query).order_by("id")
+    return query
+
+
+def select_for_replay(selection: Selection) -> QuerySet[Operation]:
+    """The operations matching ``selection``, oldest (lowest id) first.
+
+    Operations whose payload was erased (a forgotten person, or delivered with
+    ``SCRUB_DELIVERED``) are never selected: re-sending an emptied operation could recreate a
+    deleted person. :func:`count_erased` counts them.
+
+    Belongs in :mod:`django_cio_reliable.outbox` (the admin's replay action wants it too).
+    """
+    selected: QuerySet[Operation] = (
+        Operation.objects.filter(_query(selection)).exclude(erased()).order_by("id")
+    )
     return selected
+
+
+def count_erased(selection: Selection) -> int:
+    """How many operations match ``selection`` but are skipped because their payload was
+    erased."""
+    return int(Operation.objects.filter(_query(selection)).filter(erased()).count())
 
 
 def requeue(ids: Sequence[int], statuses: Sequence[str], *, reset_attempts: bool) -> int:
@@ -257,7 +274,7 @@ def requeue(ids: Sequence[int], statuses: Sequence[str], *, reset_attempts: bool
             }
             if reset_attempts:
                 updates["attempts"] = 0
-            total += rows.filter(status=DELIVERED).update(**updates)
+            total += rows.filter(status=DELIVERED).exclude(erased()).update(**updates)
     return total
 
 
@@ -508,6 +525,13 @@ class Command(BaseCommand):
         ids = list(
             qs.values_list("id", flat=True)[:limit] if limit else qs.values_list("id", flat=True)
         )
+        skipped_erased = count_erased(selection)
+        if skipped_erased:
+            self.stdout.write(
+                f"Skipped {skipped_erased} operation{'s' if skipped_erased != 1 else ''} whose "
+                "payload was erased (forgotten person, or scrubbed after delivery): they are "
+                "never sent again."
+            )
         if selection.ids:
             self._report_unselected(selection, ids)
         if not ids:
@@ -579,8 +603,14 @@ class Command(BaseCommand):
         found = dict(
             Operation.objects.filter(id__in=missing).values_list("id", "status").order_by("id")
         )
+        wiped = set(
+            Operation.objects.filter(id__in=missing).filter(erased()).values_list("id", flat=True)
+        )
         parts = [
-            f"#{i} ({found[i]})" if i in found else f"#{i} (no such operation)" for i in missing
+            (f"#{i} ({found[i]}{', payload erased' if i in wiped else ''})")
+            if i in found
+            else f"#{i} (no such operation)"
+            for i in missing
         ]
         self.stderr.write(
             f"Not selected (status not in {', '.join(selection.statuses)}, another filter, "
