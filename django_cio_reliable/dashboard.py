@@ -150,28 +150,24 @@ def _per_minute(qs: QuerySet[Operation], field_name: str) -> list[tuple[datetime
 def collect_throughput(
     *, hours: int = DEFAULT_HOURS, now: datetime | None = None
 ) -> tuple[list[Bucket], int]:
-    """Delivered and failed operations per bucket over the last ``hours``.
+    """Delivered operations and failed attempts per bucket over the last ``hours``.
 
-    ``delivered`` counts operations by ``delivered_at``. ``failed`` counts dead operations by
-    ``dead_at`` and operations waiting for a retry by ``updated_at`` (the latest failure of an
-    operation that was later delivered is not counted).
+    Read from the per-minute counts of :mod:`django_cio_reliable.metrics`, which are taken when
+    each outcome happens: a failure stays on the chart after the operation was retried and
+    delivered. "Failed" counts failed attempts rescheduled for a retry and operations
+    dead-lettered.
 
     Returns:
         The buckets and their width in minutes.
     """
+    from django_cio_reliable import metrics
+
     current = now or clock.now()
     minutes = bucket_minutes_for(hours)
     since = window_start(current, hours=hours, bucket_minutes=minutes)
-    delivered = _per_minute(
-        Operation.objects.filter(status=Operation.Status.DELIVERED, delivered_at__gte=since),
-        "delivered_at",
-    )
-    failed = _per_minute(
-        Operation.objects.filter(status=Operation.Status.DEAD, dead_at__gte=since), "dead_at"
-    ) + _per_minute(
-        Operation.objects.filter(status=Operation.Status.FAILED, updated_at__gte=since),
-        "updated_at",
-    )
+    rows = metrics.per_minute(since)
+    delivered = [(minute, n) for minute, n, _ in rows]
+    failed = [(minute, n) for minute, _, n in rows]
     buckets = build_buckets(delivered, failed, now=current, hours=hours, bucket_minutes=minutes)
     return buckets, minutes
 

@@ -14,7 +14,9 @@ class Operation(models.Model):
 
     ``payload`` is the JSON body that will be sent (never a pickle). ``person_key`` groups the
     operations whose order must be kept: the operations of one customer (or one anonymous id)
-    are delivered in ``id`` order.
+    are delivered in ``id`` order. Once delivered (with ``SCRUB_DELIVERED``) or forgotten
+    (:func:`django_cio_reliable.privacy.forget`) the payload is emptied and
+    ``payload_erased_at`` set; ``payload_bytes`` keeps its size.
     """
 
     class Kind(models.TextChoices):
@@ -41,7 +43,9 @@ class Operation(models.Model):
     person_key = models.CharField(max_length=300, help_text=_("Ordering key: one per person."))
     name = models.CharField(max_length=255, blank=True, help_text=_("Event name (track)."))
     payload: models.JSONField[Any, Any] = models.JSONField(default=dict, blank=True)
-    payload_bytes = models.PositiveIntegerField(default=0)
+    payload_bytes = models.PositiveIntegerField(
+        default=0, help_text=_("Size of the payload as JSON, kept after the payload is erased.")
+    )
     event_id = models.CharField(max_length=26, blank=True, db_index=True)
     idempotency_key = models.CharField(max_length=255, blank=True, db_index=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
@@ -55,6 +59,14 @@ class Operation(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
     dead_at = models.DateTimeField(null=True, blank=True)
+    payload_erased_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text=_(
+            "When the stored payload was erased (delivered with SCRUB_DELIVERED, or the "
+            "person was forgotten). An erased operation is never sent again."
+        ),
+    )
 
     class Meta:
         verbose_name = _("operation")
@@ -191,6 +203,9 @@ class BreakerState(models.Model):
     class Meta:
         verbose_name = _("breaker state")
         verbose_name_plural = _("breaker states")
+        permissions = (
+            ("force_breaker", _("Can force the circuit breaker open, closed or disabled")),
+        )
 
     def __str__(self) -> str:
         return f"{self.destination.split('#', 1)[0]}: {self.state} ({self.mode})"
@@ -227,3 +242,26 @@ class BreakerEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.from_state} → {self.to_state}: {self.reason}"
+
+
+class DeliveryMinute(models.Model):
+    """Delivery outcomes counted per minute, for the dashboard's throughput chart.
+
+    One row per minute in which anything was acknowledged. Attempts are counted when they
+    happen, so an outage's failures stay on the chart after the operations were delivered.
+    """
+
+    minute = models.DateTimeField(unique=True, help_text=_("The minute (UTC, seconds zeroed)."))
+    delivered = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(
+        default=0, help_text=_("Failed attempts that were rescheduled.")
+    )
+    dead = models.PositiveIntegerField(default=0, help_text=_("Operations dead-lettered."))
+
+    class Meta:
+        verbose_name = _("delivery minute")
+        verbose_name_plural = _("delivery minutes")
+        ordering = ("-minute",)
+
+    def __str__(self) -> str:
+        return f"{self.minute:%Y-%m-%d %H:%M}: {self.delivered} delivered, {self.failed} failed"

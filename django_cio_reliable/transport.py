@@ -72,6 +72,8 @@ _REDACTED: Final = "***"
 _CHUNK_BYTES: Final = 16 * 1024
 _BATCH_PREFIX: Final = b'{"batch":['
 _BATCH_SUFFIX: Final = b"]}"
+#: Bytes a batch request adds around its items (``{"batch":[`` and ``]}``).
+BATCH_FRAMING_BYTES: Final = len(_BATCH_PREFIX) + len(_BATCH_SUFFIX)
 _DELTA_SECONDS_RE: Final = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 # Secrets are redacted down to fragments this long (a server may echo part of a key).
 _MIN_SECRET_FRAGMENT: Final = 8

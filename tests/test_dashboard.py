@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from django_cio_reliable import dashboard
+from django_cio_reliable import dashboard, metrics
 from django_cio_reliable.dashboard import (
     Bucket,
     ErrorGroup,
@@ -23,7 +23,7 @@ from django_cio_reliable.dashboard import (
     render_chart_svg,
     window_start,
 )
-from django_cio_reliable.models import Operation
+from django_cio_reliable.models import DeliveryMinute, Operation
 
 UTC = dt_timezone.utc
 NOW = datetime(2024, 5, 1, 12, 30, 20, tzinfo=UTC)
@@ -274,23 +274,22 @@ def store(status: str, **fields: Any) -> Operation:
 
 
 @pytest.mark.django_db
-def test_collect_throughput_reads_delivered_and_failed(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_collect_throughput_reads_the_per_minute_counts() -> None:
     now = datetime(2024, 5, 1, 12, 30, 20, tzinfo=UTC)
-    store("delivered", delivered_at=at(12, 29, 5))
-    store("delivered", delivered_at=at(12, 29, 50))
-    store("delivered", delivered_at=at(12, 10))
-    store("delivered", delivered_at=at(9, 0))  # outside a one-hour window
-    store("dead", dead_at=at(12, 29, 30), last_error="permanent (HTTP 400): bad")
-    failed = store("failed", last_error="transient (HTTP 503): down")
-    Operation.objects.filter(pk=failed.pk).update(updated_at=at(12, 10, 30))
-    store("pending")
+    metrics.record(delivered=1, at=at(12, 29, 5))
+    metrics.record(delivered=1, failed=2, at=at(12, 29, 50))
+    metrics.record(dead=1, at=at(12, 29, 30))
+    metrics.record(delivered=1, failed=1, at=at(12, 10))
+    metrics.record(delivered=9, failed=9, at=at(9, 0))  # outside a one-hour window
     buckets, minutes = dashboard.collect_throughput(hours=1, now=now)
     assert minutes == 1
     by_start = {b.start: b for b in buckets}
-    assert by_start[at(12, 29)] == Bucket(at(12, 29), delivered=2, failed=1)
+    assert by_start[at(12, 29)] == Bucket(at(12, 29), delivered=2, failed=3)
     assert by_start[at(12, 10)] == Bucket(at(12, 10), delivered=1, failed=1)
     assert sum(b.delivered for b in buckets) == 3
-    assert sum(b.failed for b in buckets) == 2
+    assert sum(b.failed for b in buckets) == 4
+    assert DeliveryMinute.objects.count() == 3  # one row per minute
+    assert metrics.prune(now=now + timedelta(days=2, hours=-2)) == 1  # the 09:00 row
 
 
 @pytest.mark.django_db

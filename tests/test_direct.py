@@ -116,3 +116,29 @@ def test_rollback_after_a_direct_send_still_reached_customer_io(direct: FakeCust
         raise RuntimeError("the view failed after the call")
     assert Operation.objects.count() == 0
     assert direct.people() == {"p": {"plan": "pro"}}
+
+
+def test_captured_operations_match_their_payload_after_delivery_scrubbed_it(
+    direct: FakeCustomerIO,
+) -> None:
+    with cio.testing.capture_operations() as ops:
+        cio.identify("p", {"plan": "pro"})
+    (op,) = ops.operations
+    stored = Operation.objects.get(pk=op.pk)
+    assert (stored.status, stored.payload) == (Status.DELIVERED, {})  # SCRUB_DELIVERED
+    ops.assert_enqueued_once("identify", customer_id="p", attributes={"plan": "pro"})
+
+
+def test_failed_attempts_stay_on_the_dashboard_after_the_retry_delivered(
+    direct: FakeCustomerIO,
+) -> None:
+    """The chart counts attempts as they happen: an outage does not vanish once healed."""
+    from django_cio_reliable import dashboard
+
+    direct.fail_next(2, status=503)
+    op = cio.track("p", "signed_up")  # two failed tries in the request
+    Operation.objects.filter(pk=op.pk).update(next_attempt_at=clock.now())
+    assert drain().delivered == 1
+    buckets, _ = dashboard.collect_throughput(hours=1)
+    assert sum(b.failed for b in buckets) == 1  # one rescheduling (the in-request retry is not)
+    assert sum(b.delivered for b in buckets) == 1

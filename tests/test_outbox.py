@@ -245,26 +245,23 @@ def test_expired_lease_is_taken_over_and_late_ack_is_fenced(
     assert outbox.ack_delivered(second, second.operations) == 1
 
 
-def test_hold_renews_a_lease_running_short_and_drops_what_was_taken_over(
+def test_hold_renews_the_lease_and_drops_what_is_no_longer_leased(
     outbox_mode: FakeCustomerIO, fake_clock: FakeClock
 ) -> None:
-    ops = [cio.identify(f"p{i}", {"n": i}) for i in range(3)]
+    ops = [cio.identify(f"p{i}", {"n": i}) for i in range(4)]
     first = outbox.claim(10, lease_seconds=60)
-    # Plenty of lease left: no query, nothing changes.
-    assert first.expires_at is not None
-    before = first.expires_at
-    assert outbox.hold(first, first.operations) == first.operations
-    assert first.expires_at == before
-    # Close to the end: renewed for another lease from now.
-    fake_clock.advance(60 - outbox.request_budget() + 1)
+    fake_clock.advance(50)
     assert outbox.hold(first, first.operations) == first.operations
     renewed = Operation.objects.get(pk=ops[0].pk).lease_expires_at
     assert renewed == fake_clock.now() + timedelta(seconds=60)
-    # The lease ran out on one operation and another worker took it over.
+    assert first.expires_at == renewed
+    # The lease ran out on one operation and another worker took it over; another one was
+    # ended by forget() (dead, lease cleared).
     fake_clock.advance(61)
     Operation.objects.filter(pk=ops[1].pk).update(lease_token="someone-else")
+    Operation.objects.filter(pk=ops[2].pk).update(status=Status.DEAD, lease_token="")
     held = outbox.hold(first, first.operations)
-    assert [op.pk for op in held] == [ops[0].pk, ops[2].pk]
+    assert [op.pk for op in held] == [ops[0].pk, ops[3].pk]
 
 
 def test_a_slow_claim_keeps_its_lease_and_sends_each_operation_once(

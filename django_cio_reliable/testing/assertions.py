@@ -22,6 +22,7 @@ without Django settings).
 
 from __future__ import annotations
 
+import copy
 import itertools
 import threading
 from collections.abc import Iterator, Mapping
@@ -64,15 +65,20 @@ class CapturedOperations:
       (values are normalised the way the app stores them, so a ``Decimal`` or a ``datetime``
       matches its stored number).
     - ``idempotency_key``: the key the operation was stored under.
+
+    The payload matchers compare the payload as it was stored at enqueue: a row delivered since
+    (whose stored payload ``SCRUB_DELIVERED`` emptied) is shown with the captured payload.
     """
 
     def __init__(self) -> None:
         self._seen: dict[int, tuple[Any, ...]] = {}
+        self._payloads: dict[int, Any] = {}
         self._lock = threading.Lock()
 
     def _record(self, operation: Operation) -> None:
         with self._lock:
             self._seen[operation.pk] = _fingerprint(operation)
+            self._payloads[operation.pk] = copy.deepcopy(operation.payload)
 
     @property
     def operations(self) -> list[Operation]:
@@ -81,6 +87,7 @@ class CapturedOperations:
 
         with self._lock:
             seen = dict(self._seen)
+            payloads = dict(self._payloads)
         ids = list(seen)
         found: dict[int, Operation] = {}
         for start in range(0, len(ids), _IN_CHUNK):
@@ -88,6 +95,8 @@ class CapturedOperations:
             for op in Operation.objects.filter(pk__in=chunk):
                 # A rolled-back row's id can be given to a later row (SQLite): not ours.
                 if _fingerprint(op) == seen[op.pk]:
+                    if op.payload_erased_at is not None and op.status == op.Status.DELIVERED:
+                        op.payload = payloads[op.pk]  # scrubbed after delivery
                     found[op.pk] = op
         return [found[pk] for pk in sorted(found)]
 
@@ -101,6 +110,7 @@ class CapturedOperations:
         """Forget what was captured so far (later operations are still captured)."""
         with self._lock:
             self._seen.clear()
+            self._payloads.clear()
 
     def filter(
         self,
