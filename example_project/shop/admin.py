@@ -14,5 +14,5 @@ else:
 
 @admin.register(Order)
 class OrderAdmin(OrderAdminBase):
-    list_display = ("id", "user", "total", "status", "created_at")
+    list_display = ("id", "user", "total", "coupon", "status", "created_at")
     list_filter = ("status",)

@@ -1,4 +1,8 @@
-"""Settings of the example shop: SQLite, django-q2 with the ORM broker, FakeCustomerIO."""
+"""Settings of the example shop: SQLite, django-q2 with the ORM broker, FakeCustomerIO.
+
+The demo (``demo.py``) points ``CIO_TRACK_URL`` at its FakeCustomerIO and shortens the breaker's
+cooldown through ``SHOP_BREAKER_COOLDOWN`` so that the story fits in a minute.
+"""
 
 from __future__ import annotations
 
@@ -59,8 +63,15 @@ DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": str(STATE_DIR / "shop.sqlite3"),
-        # IMMEDIATE transactions let the web process and the qcluster share SQLite safely.
-        "OPTIONS": {"timeout": 30, "transaction_mode": "IMMEDIATE"},
+        # IMMEDIATE transactions: several processes write (web, qcluster, commands); WAL lets
+        # readers (the dashboard, health checks) read while a worker writes.
+        "OPTIONS": {
+            "timeout": 30,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL",
+        },
+        # The model hooks store their operations in the request's transaction.
+        "ATOMIC_REQUESTS": True,
     }
 }
 
@@ -76,14 +87,33 @@ Q_CLUSTER = {
     "catch_up": False,
 }
 
+BREAKER_COOLDOWN = float(os.environ.get("SHOP_BREAKER_COOLDOWN", "5"))
+
 CIO_RELIABLE: dict[str, Any] = {
     "SITE_ID": os.environ.get("CIO_SITE_ID", "demo-site"),
     "API_KEY": os.environ.get("CIO_API_KEY", "demo-api-key"),
     "REGION": "us",
     "TRACK_URL": os.environ.get("CIO_TRACK_URL", "http://127.0.0.1:8765"),
+    "TIMEOUT": 2.0,
+    "CONNECT_TIMEOUT": 1.0,
     "RETRY_BASE": 0.5,
-    "RETRY_CAP": 5.0,
+    "RETRY_CAP": 2.0,
     "KICK_DEBOUNCE": 0.2,
+    # A demo-sized breaker: 3 failures in a row open it, a short cooldown, 3 probes close it.
+    "BREAKER_CONSECUTIVE_FAILURES": 3,
+    "BREAKER_RESET_TIMEOUT": BREAKER_COOLDOWN,
+    "BREAKER_RESET_TIMEOUT_MAX": 2 * BREAKER_COOLDOWN,
+    "BREAKER_SUCCESS_THRESHOLD": 3,
+    # The user hook, declared in settings (the order hooks are in code: shop/apps.py).
+    "HOOKS": [
+        {
+            "kind": "identify_on_save",
+            "model": "auth.User",
+            "customer_id": "shop.cio.user_id",
+            "attributes": "shop.cio.user_attributes",
+            "fields": ["email", "first_name"],  # a login (last_login) identifies nobody
+        }
+    ],
 }
 
 LOGGING = {
