@@ -505,7 +505,14 @@ class Breaker:
             new, transition = self.machine.force(state, target, now)
             return _Changed(new, (transition,) if transition else (), transition)
 
-        return self._mutate(change, user=user, note=reason)
+        transition = self._mutate(change, user=user, note=reason)
+        if transition is not None and target != "forced_open":
+            # Calls are admitted again: start a drain now instead of waiting for the next
+            # commit or the schedule.
+            from django_cio_reliable import dispatch
+
+            transaction.on_commit(dispatch.kick_drain, using=self.using)
+        return transition
 
     def snapshot(self, fresh: bool = False) -> Snapshot:
         """The breaker's state, from the cache unless it is stale or ``fresh`` is set.

@@ -137,6 +137,13 @@ def operation_committed(operation: Operation) -> None:
         kicker.kick()
 
 
+def kick_drain() -> None:
+    """Start a drain soon (a debounced task kick with ``DISPATCH="task"``; nothing inline:
+    the drain schedule delivers what an inline send could not)."""
+    if app_settings.DISPATCH == "task":
+        kicker.kick()
+
+
 def _deliver_inline(operation_id: int) -> None:
     from django_cio_reliable.breaker import get_breaker
 

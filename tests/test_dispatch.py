@@ -140,3 +140,28 @@ def test_a_raising_receiver_breaks_neither_the_request_nor_the_drain(
         dispatch.kicker.reset()
     assert result.delivered == 3
     assert Operation.objects.filter(status=Operation.Status.DELIVERED).count() == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_resetting_the_breaker_kicks_a_drain(settings: Any) -> None:
+    """Operations held while it was forced open go out at once, not at the next schedule."""
+    from django_cio_reliable import breaker
+
+    settings.CIO_RELIABLE = {**settings.CIO_RELIABLE, "DISPATCH": "task", "KICK_DEBOUNCE": 0}
+    kicked: list[int] = []
+    original = dispatch.kicker._send
+    dispatch.kicker._send = lambda: kicked.append(1)  # type: ignore[method-assign]
+    dispatch.kicker.reset()
+    breaker.reset()
+    try:
+        b = breaker.get_breaker()
+        b.force("forced_open")
+        assert kicked == []
+        b.force("auto")
+        assert kicked == [1]
+        b.force("auto")  # no change, no kick
+        assert kicked == [1]
+    finally:
+        dispatch.kicker._send = original  # type: ignore[method-assign]
+        dispatch.kicker.reset()
+        breaker.reset()
