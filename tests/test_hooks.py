@@ -1044,7 +1044,7 @@ def test_backfill_of_50000_rows_runs_in_constant_memory(record_property: Any) ->
     assert peak < 30 * MB
     # Constant memory: five times the rows, (almost) the same peak.
     assert peak < peaks[10_000] * 1.2 + 1 * MB, (peaks[10_000], peak)
-    assert elapsed < 120
+    # No timing assertion: the time is a figure (record_property), measured by make bench.
 
 
 # --------------------------------------------------------------------------- cio_backfill
