@@ -163,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.number, args.repeat, args.tight_calls, args.paced_seconds = 20_000, 3, 20_000, 2.0
-    common.configure(args.db, pg_name="cio_bench_breaker")
+    common.configure(args.db, pg_name=common.pg_database("cio_bench_breaker"))
     results = measure(args.number, args.repeat, args.tight_calls, args.paced_seconds)
     results["db"] = args.db
     results["python"] = sys.version.split()[0]

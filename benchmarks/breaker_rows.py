@@ -6,7 +6,7 @@ closed breaker (``allow()`` + call + ``record()``) against a bare call, and the 
 turns its JSON into rows. Its times are the best of ``--repeat`` timing runs (``timeit``), not
 a median. While the script does not exist, the rows say "pending".
 
-Usage: ``python -m benchmarks.breaker_rows [--quick] [--json F]``.
+Usage: ``python -m benchmarks.breaker_rows [--quick|--smoke] [--db sqlite|postgres] [--json F]``.
 """
 
 from __future__ import annotations
@@ -99,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=5, help="timing runs of the script")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (the smoke test)")
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="postgres")
     parser.add_argument("--json", help="write the rows here (for run.py)")
     args = parser.parse_args(argv)
@@ -109,8 +110,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = Path(tempfile.mkdtemp(prefix="cio-bench-breaker-")) / "breaker.json"
         argv_ = [sys.executable, "-m", "benchmarks.breaker_overhead", "--db", args.db]
         argv_ += ["--json", str(out)]
-        repeat = 3 if args.quick else max(args.runs, 3)
-        argv_ += ["--quick"] if args.quick else ["--repeat", str(repeat)]
+        if args.smoke:
+            repeat = 1
+            argv_ += ["--number", "2000", "--repeat", "1", "--tight-calls", "2000"]
+            argv_ += ["--paced-seconds", "1"]
+        else:
+            repeat = 3 if args.quick else max(args.runs, 3)
+            argv_ += ["--quick"] if args.quick else ["--repeat", str(repeat)]
         completed = subprocess.run(argv_, cwd=common.ROOT, env=common.child_env(), check=False)
         if completed.returncode != 0 or not out.exists():
             rows = pending(f"benchmarks/breaker_overhead.py exited {completed.returncode}")
@@ -119,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             meta = {"breaker_overhead": figures}
             rows = rows_from(figures, repeat)
         if args.db == "postgres":
-            common.drop_pg_database("cio_bench_breaker")
+            common.drop_pg_database(common.pg_database("cio_bench_breaker"))
     for row in rows:
         value = "pending" if row.value is None else f"{row.value:.2f} {row.unit}"
         print(f"{row.label}: {value} {row.note}")

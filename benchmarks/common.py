@@ -153,10 +153,16 @@ def repeat(runs: int, fn: Callable[[], float]) -> tuple[float, list[float]]:
 # --------------------------------------------------------------------------- databases
 
 
+def pg_database(base: str) -> str:
+    """The PostgreSQL database named ``base`` plus ``$CIO_BENCH_PG_SUFFIX`` (the smoke test
+    sets one, so it never drops the databases of a ``make bench`` running at the same time)."""
+    return base + os.environ.get("CIO_BENCH_PG_SUFFIX", "")
+
+
 def bench_env(
     db: str,
     *,
-    pg_name: str = "cio_bench",
+    pg_name: str | None = None,
     sqlite_path: str | None = None,
     cio: Mapping[str, Any] | None = None,
     q_cluster: Mapping[str, Any] | None = None,
@@ -166,7 +172,7 @@ def bench_env(
     env = {
         "DJANGO_SETTINGS_MODULE": "benchmarks.settings",
         "CIO_BENCH_DB": db,
-        "CIO_BENCH_PG_NAME": pg_name,
+        "CIO_BENCH_PG_NAME": pg_name or pg_database("cio_bench"),
         "CIO_BENCH_CIO": json.dumps(dict(cio or {})),
         "CIO_BENCH_Q": json.dumps(dict(q_cluster or {})),
         "CIO_BENCH_LOG": log_level,
@@ -224,7 +230,7 @@ def drop_pg_database(name: str) -> None:
 def configure(
     db: str,
     *,
-    pg_name: str = "cio_bench",
+    pg_name: str | None = None,
     sqlite_path: str | None = None,
     cio: Mapping[str, Any] | None = None,
     q_cluster: Mapping[str, Any] | None = None,
@@ -251,7 +257,7 @@ def configure(
     os.environ.update(env)
     if fresh:
         if db == "postgres":
-            recreate_pg_database(pg_name)
+            recreate_pg_database(env["CIO_BENCH_PG_NAME"])
         elif sqlite_path:
             for suffix in ("", "-journal", "-wal", "-shm"):
                 Path(sqlite_path + suffix).unlink(missing_ok=True)

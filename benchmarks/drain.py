@@ -6,7 +6,8 @@ operation); the figure is operations delivered per second by ``outbox.drain()`` 
 ``RATE_LIMIT`` is the default 100 requests/s: one worker at 30 ms makes at most ~33 requests/s,
 so the limit does not bind, but its shared-row reservation is paid on every request.
 
-Usage: ``python -m benchmarks.drain [--db sqlite|postgres] [--runs 3] [--quick] [--json F]``.
+Usage: ``python -m benchmarks.drain [--db sqlite|postgres] [--runs 3] [--quick|--smoke]
+[--json F]``.
 """
 
 from __future__ import annotations
@@ -69,14 +70,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency", type=float, default=common.LATENCY)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (the smoke test)")
     parser.add_argument("--batched", type=int, default=None, help="backlog, batching on")
     parser.add_argument("--single", type=int, default=None, help="backlog, batching off")
     parser.add_argument("--plain", type=int, default=None, help="calls of the plain loop")
     parser.add_argument("--json", help="write the rows here (for run.py)")
     args = parser.parse_args(argv)
-    batched_n = args.batched or (1000 if args.quick else 3000)
-    single_n = args.single or (60 if args.quick else 150)
-    plain_n = args.plain or (40 if args.quick else 100)
+    size = "smoke" if args.smoke else "quick" if args.quick else "full"
+    batched_n = args.batched or {"smoke": 200, "quick": 1000, "full": 3000}[size]
+    single_n = args.single or {"smoke": 10, "quick": 60, "full": 150}[size]
+    plain_n = args.plain or {"smoke": 10, "quick": 40, "full": 100}[size]
 
     server = common.fake_server(args.latency)
     common.configure(args.db, cio=common.library_settings(server.url, RATE_LIMIT=100))

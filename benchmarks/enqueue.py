@@ -11,10 +11,16 @@
 - Idempotency: ``track(..., idempotency_key=new)`` vs the same key again (in-process cache hit)
   and again after the cache was cleared (the key row is read from the database).
 
+- Where the marginal cost goes (raw figures, for RESULTS.md): the same row stored with a bare
+  ``Operation.save()``; the same INSERT straight through the DB-API driver (no Django: the
+  floor of any one-row-per-call outbox); a ``SELECT 1`` through the driver (on PostgreSQL, one
+  network round trip); and a cProfile of ``track()`` grouped by component.
+
 Dispatch is real: ``DISPATCH="task"`` with the default ``KICK_DEBOUNCE`` of 1 s, so the
 after-commit kick queues at most one django-q2 task per second (amortised in the figures).
 
-Usage: ``python -m benchmarks.enqueue --db sqlite|postgres [--runs 5] [--quick] [--json F]``.
+Usage: ``python -m benchmarks.enqueue --db sqlite|postgres [--runs 5] [--quick|--smoke]
+[--json F]``.
 """
 
 from __future__ import annotations
@@ -67,8 +73,8 @@ def marginal_cost(count: int, tag: str) -> float:
 
 
 def orm_insert_cost(count: int, tag: str) -> float:
-    """Seconds per bare ``Operation.save()`` of the same row inside an open transaction: the
-    share of :func:`marginal_cost` that is Django's INSERT, not this library."""
+    """Seconds per bare ``Operation.save()`` of the same row inside an open transaction: what
+    storing the row the plain Django way costs (``track()`` uses a precompiled INSERT)."""
     from django.db import transaction
     from django.utils import timezone
 
@@ -94,6 +100,139 @@ def orm_insert_cost(count: int, tag: str) -> float:
             ).save()
         elapsed = time.perf_counter() - started
     return elapsed / count
+
+
+def driver_insert_cost(count: int, tag: str) -> float:
+    """Seconds per INSERT of the same row straight through the DB-API driver, no Django at all:
+    the floor of any outbox that stores one row per call on this database."""
+    from django.db import connection, transaction
+    from django.db.models.sql import InsertQuery
+
+    from django_cio_reliable.idempotency import new_event_id
+    from django_cio_reliable.models import Operation
+
+    meta = Operation._meta
+    fields = [f for f in meta.local_concrete_fields if f is not meta.auto_field]
+    sample = _sample_operation(f"d-{tag}", new_event_id())
+    query = InsertQuery(Operation)
+    query.insert_values(fields, [sample])
+    compiler = query.get_compiler(connection=connection)
+    compiler.returning_fields = [meta.pk]
+    sql, prepared = compiler.as_sql()[0]
+    if connection.vendor == "sqlite":
+        sql = sql.replace("%s", "?")
+    params = list(prepared)
+    varying = [i for i, f in enumerate(fields) if f.attname in ("customer_id", "person_key")]
+    with transaction.atomic():
+        connection.ensure_connection()
+        raw = connection.connection.cursor()
+        started = time.perf_counter()
+        for i in range(count):
+            for index in varying:
+                params[index] = f"{prepared[index]}-{i}"
+            raw.execute(sql, params)
+            raw.fetchone()
+        elapsed = time.perf_counter() - started
+        raw.close()
+    return elapsed / count
+
+
+def round_trip_cost(count: int) -> float:
+    """Seconds per ``SELECT 1`` through the DB-API driver (PostgreSQL: one network round trip)."""
+    from django.db import connection
+
+    connection.ensure_connection()
+    raw = connection.connection.cursor()
+    started = time.perf_counter()
+    for _ in range(count):
+        raw.execute("SELECT 1")
+        raw.fetchone()
+    elapsed = time.perf_counter() - started
+    raw.close()
+    return elapsed / count
+
+
+def _sample_operation(customer: str, event_id: str) -> Any:
+    from django.utils import timezone
+
+    from django_cio_reliable.models import Operation
+
+    now = timezone.now()
+    return Operation(
+        kind="track",
+        customer_id=customer,
+        person_key=f"c:{customer}",
+        name="order_placed",
+        payload={"name": "order_placed", "data": {"total": 42}, "id": event_id},
+        payload_bytes=40,
+        event_id=event_id,
+        status="pending",
+        next_attempt_at=now,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+#: How the enqueue profile's self time is grouped; first match wins ("file:line(function)").
+PROFILE_COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "database driver: the INSERT itself (sqlite3 / psycopg, incl. waiting for PostgreSQL)",
+        ("sqlite3", "SQLiteCursorWrapper", "psycopg", "fetchone", "method 'execute'"),
+    ),
+    ("Django: cursor wrapper, placeholder conversion", ("django/db/backends", "django/db/utils")),
+    ("Django: Operation() instance", ("django/db/models/base.py",)),
+    ("Django: field value preparation", ("django/db/models/fields",)),
+    ("Django: transaction.on_commit", ("django/db/transaction",)),
+    ("Django: other", ("django/",)),
+    ("JSON encoding", ("json/",)),
+    ("library: validation", ("django_cio_reliable/validation.py",)),
+    (
+        "library: enqueue (api, outbox, ULID)",
+        ("django_cio_reliable/",),
+    ),
+)
+
+
+def profile_track(count: int) -> dict[str, Any]:
+    """cProfile of ``count`` ``track()`` calls inside one transaction, self time by component."""
+    import cProfile
+    import pstats
+
+    from django.db import transaction
+
+    import django_cio_reliable as cio
+
+    profiler = cProfile.Profile()
+    with transaction.atomic():
+        profiler.enable()
+        for i in range(count):
+            cio.track(f"p-{i}", "order_placed", {"total": 42})
+        profiler.disable()
+    stats = pstats.Stats(profiler)
+    raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+    groups: dict[str, float] = {}
+    top: list[tuple[float, str]] = []
+    total = 0.0
+    for (filename, line, name), (_cc, _nc, tottime, _cum, _callers) in raw.items():
+        total += tottime
+        where = f"{filename}:{line}({name})"
+        label = "other (interpreter, stdlib)"
+        for component, fragments in PROFILE_COMPONENTS:
+            if any(f in where for f in fragments):
+                label = component
+                break
+        groups[label] = groups.get(label, 0.0) + tottime
+        short = where.replace(str(common.ROOT) + "/", "").split("site-packages/")[-1]
+        top.append((tottime, short))
+    top.sort(reverse=True)
+    return {
+        "calls": count,
+        "total_us_per_call": total / count * 1e6,
+        "components_us_per_call": sorted(
+            ((k, v / count * 1e6) for k, v in groups.items()), key=lambda kv: -kv[1]
+        ),
+        "top": [(round(t / count * 1e6, 2), f) for t, f in top[:10]],
+    }
 
 
 def own_transaction_cost(count: int, tag: str) -> float:
@@ -141,14 +280,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (the smoke test)")
     parser.add_argument("--json", help="write the rows here (for run.py)")
     args = parser.parse_args(argv)
-    scale = 0.4 if args.quick else 1.0
+    scale = 0.05 if args.smoke else 0.4 if args.quick else 1.0
     marginal_n = int(1000 * scale)
     own_n = int(500 * scale)
     direct0_n = int(300 * scale)
-    direct30_n = max(10, int(30 * scale))
+    direct30_n = 5 if args.smoke else max(10, int(30 * scale))
     keyed_n = int(500 * scale)
+    profile_n = int(2000 * scale)
 
     server = common.fake_server()
     common.configure(args.db, cio=common.library_settings(server.url, KICK_DEBOUNCE=1.0))
@@ -163,17 +304,27 @@ def main(argv: list[str] | None = None) -> int:
         direct30: list[float] = []
         keyed: list[tuple[float, float, float]] = []
         orm: list[float] = []
+        driver: list[float] = []
+        trip: list[float] = []
         for run in range(args.runs):
             server.set_latency(0.0)
             direct0.append(direct_call_cost(server, direct0_n, f"{run}"))
             margin.append(marginal_cost(marginal_n, f"{run}"))
             orm.append(orm_insert_cost(marginal_n, f"{run}"))
+            driver.append(driver_insert_cost(marginal_n, f"{run}"))
+            trip.append(round_trip_cost(marginal_n))
             own.append(own_transaction_cost(own_n, f"{run}"))
             keyed.append(keyed_costs(keyed_n, f"{run}"))
             server.set_latency(common.LATENCY)
             direct30.append(direct_call_cost(server, direct30_n, f"{run}"))
+        profile = profile_track(profile_n)
     finally:
         server.stop()
+        if args.db == "postgres":
+            from django.db import connection
+
+            connection.close()
+            common.drop_pg_database(common.pg_database("cio_bench"))
 
     us = 1e6
     m, o = common.median(margin) * us, common.median(own) * us
@@ -253,7 +404,10 @@ def main(argv: list[str] | None = None) -> int:
         {
             "db": args.db,
             "orm_insert_us": common.median(orm) * us,
+            "driver_insert_us": common.median(driver) * us,
+            "round_trip_us": common.median(trip) * us,
             "commit_us": o - m,
+            "profile": profile,
             "samples_us": {
                 "marginal": [x * us for x in margin],
                 "own_transaction": [x * us for x in own],

@@ -10,7 +10,7 @@ does not bind (memory does not depend on either; it makes the run short).
 Baseline: another child that only loads the same pending operations into a list (what any
 code holding the backlog in memory would pay).
 
-Usage: ``python -m benchmarks.memory [--operations 200000] [--quick] [--json F]``.
+Usage: ``python -m benchmarks.memory [--operations 200000] [--quick|--smoke] [--json F]``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # ``python benchmarks/memory.py``
 from benchmarks import backfill, common  # noqa: E402
 
 SECTION = "memory"
-PG_NAME = "cio_bench_memory"
+PG_NAME = common.pg_database("cio_bench_memory")
 GOAL_MB = 50.0
 
 
@@ -38,10 +38,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--operations", type=int, default=None)
     parser.add_argument("--rows", type=int, default=None, help="rows of the backfill")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (the smoke test)")
     parser.add_argument("--json", help="write the rows here (for run.py)")
     args = parser.parse_args(argv)
-    count = args.operations or (50_000 if args.quick else 200_000)
-    backfill_rows = args.rows or (10_000 if args.quick else 50_000)
+    size = "smoke" if args.smoke else "quick" if args.quick else "full"
+    count = args.operations or {"smoke": 2000, "quick": 50_000, "full": 200_000}[size]
+    backfill_rows = args.rows or {"smoke": 500, "quick": 10_000, "full": 50_000}[size]
 
     server = common.fake_server(0.0)
     cio = common.library_settings(server.url, RATE_LIMIT=common.UNBOUND_RATE, CLAIM_SIZE=500)

@@ -38,20 +38,84 @@ def _enqueue_goals(rows: Sequence[Row], results: Mapping[str, Mapping[str, Any]]
             if r.ratio is not None
         ]
         lines.append(f"- enqueue on {db} (goal ≥ 5× at 0 ms, ≥ 100× at 30 ms): " + "; ".join(parts))
-        marginal = next((r for r in found if "marginal" in r.label), None)
-        if marginal and marginal.value and meta.get("orm_insert_us"):
-            orm = float(meta["orm_insert_us"])
-            commit = float(meta.get("commit_us", 0.0))
-            lines.append(
-                f"  - why: of the {marginal.value:.0f} µs marginal cost, {orm:.0f} µs is Django's "
-                f"own `Operation.save()` of the row (measured alone in the same run); the library "
-                f"adds {max(0.0, marginal.value - orm):.0f} µs (validation, ULID, JSON size, "
-                f"on-commit hook). Committing a transaction of its own adds {commit:.0f} µs "
-                "(the fsync of the commit). The 0 ms baseline is a call to a server on the same "
-                "machine that answers in under a millisecond; against a real Customer.io round "
-                "trip (tens of ms) the 30 ms rows are the meaningful ones."
-            )
+        lines += _enqueue_why(db, found, meta)
     return lines
+
+
+def _enqueue_why(db: str, found: Sequence[Row], meta: Mapping[str, Any]) -> list[str]:
+    marginal = next(
+        (r for r in found if "marginal" in r.label and r.baseline_label.endswith(", 0 ms")), None
+    )
+    if marginal is None or not marginal.value or not marginal.baseline:
+        return []
+    value, direct0 = marginal.value, marginal.baseline
+    direct30 = next(
+        (r.baseline for r in found if r.baseline_label.endswith(", 30 ms") and r.baseline), None
+    )
+    driver = meta.get("driver_insert_us")
+    orm = meta.get("orm_insert_us")
+    trip = meta.get("round_trip_us")
+    commit = float(meta.get("commit_us", 0.0))
+    target = direct0 / 5
+    out: list[str] = []
+    if driver:
+        split = (
+            f"of the {value:.0f} µs marginal cost, {driver:.0f} µs is the INSERT of the row "
+            "straight through the database driver with no Django at all (measured alone in the "
+            "same run: the floor of any outbox that stores one row per call)"
+        )
+        if db == "PostgreSQL" and trip:
+            split += f", of which one round trip to PostgreSQL (`SELECT 1`) is {trip:.0f} µs"
+        split += (
+            f"; Django's cursor and the `Operation()` instance, and the library's validation, "
+            f"ULID and on-commit hook make the other {max(0.0, value - driver):.0f} µs (profile "
+            'under "Where the time goes").'
+        )
+        if orm:
+            split += (
+                f" Storing the same row with a plain `Operation.save()` costs {orm:.0f} µs: "
+                "`track()` uses an INSERT compiled once per connection instead."
+            )
+        if marginal.met:
+            out.append(f"  - {split}")
+        elif driver > target:
+            out.append(
+                f"  - why: the 0 ms goal needs ≤ {target:.0f} µs a call (1/5 of the "
+                f"{direct0:.0f} µs loopback call), less than the database's INSERT alone "
+                f"({driver:.0f} µs). Not reachable while every call stores its row in the "
+                f"caller's transaction before returning (guarantee 1); {split}"
+            )
+        else:
+            out.append(
+                f"  - why: the 0 ms goal needs ≤ {target:.0f} µs a call; the INSERT alone is "
+                f"{driver:.0f} µs, which leaves {target - driver:.0f} µs for everything else "
+                f"(Django's cursor and model instance, validation, ULID, on-commit hook: "
+                f"{max(0.0, value - driver):.0f} µs here). Out of reach through the ORM on this "
+                f"machine; {split}"
+            )
+    if commit:
+        own_goal = []
+        if commit > target:
+            own_goal.append(f"more than the 0 ms goal's {target:.0f} µs by itself")
+        if direct30 and commit > direct30 / 100:
+            own_goal.append(f"more than the 30 ms goal's {direct30 / 100:.0f} µs")
+        journal = (
+            "SQLite's rollback journal fsyncs the file at each commit"
+            if db == "SQLite file"
+            else "PostgreSQL flushes its WAL at each commit, synchronous_commit=on"
+        )
+        out.append(
+            f"  - own transaction: committing adds {commit:.0f} µs ({journal})"
+            + (f", {' and '.join(own_goal)}" if own_goal else "")
+            + ". A view that writes to the database pays that commit anyway; the marginal "
+            "rows are what `track()` adds to it."
+        )
+    out.append(
+        "  - the 0 ms baseline is a call to a server on the same machine that answers in under "
+        "a millisecond; against a real Customer.io round trip (tens of ms) the 30 ms rows are "
+        "the meaningful ones."
+    )
+    return out
 
 
 def _scaling_reason(four: Row, one: Row | None, results: Mapping[str, Mapping[str, Any]]) -> str:
@@ -123,13 +187,21 @@ def _goal_lines(rows: Sequence[Row], results: Mapping[str, Mapping[str, Any]]) -
         if row.met is False:
             lines.append("  - why: " + _scaling_reason(row, one[0] if one else None, results))
     for row in _find(rows, "backlog"):
-        limit_held = row.extra.get("limit_held")
-        lines.append(
-            f"- backlog: {row.label}: {row.value or 0:.1f} s ({row.ratio or 0:.0f}× faster than "
-            f"the plain loop); max requests observed in any 1 s window: "
-            f"{row.extra.get('max_requests_in_1s')} ({'within' if limit_held else 'ABOVE'} the "
-            "limit of 100)."
-        )
+        if "time to drain" in row.label:
+            lines.append(
+                f"- backlog: {row.label}: {row.value or 0:.1f} s ({row.ratio or 0:.0f}× faster "
+                f"than {row.baseline_label}: {row.baseline or 0:,.0f} s)."
+            )
+        else:
+            lines.append(
+                f"- backlog, the limit is never exceeded: max {row.value or 0:.0f} requests at "
+                f"the server in any 1 s window against a limit of 100 ({_state(row)}); "
+                + (
+                    "the limit binds."
+                    if row.extra.get("limit_bound")
+                    else "**the limit did not bind** in this run (see the note)."
+                )
+            )
     for row in _find(rows, "rate limit"):
         lines.append(
             f"- the rate limit is never exceeded: max {row.value or 0:.0f} requests in any 1 s "
@@ -138,13 +210,14 @@ def _goal_lines(rows: Sequence[Row], results: Mapping[str, Mapping[str, Any]]) -
         meta = _meta(results, "workers").get("rate_limit", {})
         if row.met is False and meta:
             lines.append(
-                f"  - why: the limiter's slots are exact (max {meta.get('max_slots_in_1s')} slots "
-                f"in any 1 s), but a worker wakes after its slot (max "
-                f"{meta.get('max_wakes_in_1s')} wake-ups in any 1 s) and its request reaches the "
-                "server later still; on a loaded 2-core machine two requests of adjacent slots "
-                "can arrive well under 10 ms apart, so a sliding 1 s window at the server holds "
-                "1–2 more requests than slots. The limiter keeps no headroom for that delay "
-                "(see docs/benchmarks.md)."
+                f"  - why: slots reserved by the limiter: max {meta.get('max_slots_in_1s')} in "
+                f"any 1 s; workers woken after their slot: max {meta.get('max_wakes_in_1s')}; "
+                f"requests received by the server: max {meta.get('max_requests_in_1s')}. A "
+                "request reaches the server some time after its slot (scheduling, the HTTP "
+                "client), and on a loaded machine that delay varies: without headroom in the "
+                "limiter two requests of adjacent slots can arrive closer than the slot "
+                "spacing, and a sliding 1 s window at the server holds more requests than "
+                "slots (see docs/benchmarks.md)."
             )
     for row in _find(rows, "breaker"):
         lines.append(f"- {row.label} (goal {row.goal}): {_state(row)}. {row.note}")
@@ -215,16 +288,73 @@ def _profile_lines(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
             f"workers woken, max {rate['max_requests_in_1s']} requests received by the server."
         )
     if backlog:
+        bound = backlog.get("limit_bound")
+        per_worker = backlog["seconds"] / max(1, backlog["requests"] / backlog["workers"]) * 1000
         lines.append(
             f"Backlog run: {backlog['delivered']:,} delivered in {backlog['seconds']:.1f} s with "
-            f"{backlog['workers']} workers, {backlog['requests']} requests (mean "
-            f"{backlog['mean_request_rate']:.1f}/s, max {backlog['max_requests_in_1s']} in any "
-            f"1 s). The limit did not bind: each worker sends one 100-operation request per "
-            f"{backlog['seconds'] / max(1, backlog['requests'] / backlog['workers']) * 1000:.0f}"
-            " ms (30 ms of latency plus the claim, the acknowledgement and the rate-limit slot "
-            "in the database), far below 100 requests/s together. Filling it with "
-            f"bulk_create took {meta.get('backlog_fill_seconds', 0):.0f} s (not counted)."
+            f"{backlog['workers']} workers and BATCH_SIZE {backlog.get('batch_size', 100)}, "
+            f"{backlog['requests']:,} requests (mean {backlog['mean_request_rate']:.1f}/s, max "
+            f"{backlog['max_requests_in_1s']} in any 1 s at the server, max "
+            f"{backlog['max_slots_in_1s']} slots reserved in any 1 s); each worker sent one "
+            f"request every {per_worker:.0f} ms. "
+            + (
+                "The limit bound: the workers could send more, the limiter held them to "
+                f"{backlog.get('sustained_rate', 100.0):.1f} requests/s."
+                if bound
+                else "The limit did NOT bind: the CPU was the bottleneck. The machine's "
+                f"{backlog.get('cpu_cores', '?')} cores were "
+                f"{backlog.get('machine_busy_fraction', 0.0):.0%} busy during the run, "
+                f"{backlog.get('stack_cores', 0.0):.2f} cores of it the stack's (workers, "
+                "their PostgreSQL backends, FakeCustomerIO) and the rest other work on the "
+                f"machine; at {backlog.get('cpu_ms_per_1000_ops', 0.0):.0f} ms of CPU per "
+                "1,000 operations (each 10-operation request pays a claim share, a lease "
+                "renewal, a rate-limit slot and an acknowledgement, each a committed "
+                "PostgreSQL transaction) the stack needs about "
+                f"{_cores_for_limit(backlog):.1f} cores to keep up with the limit."
+            )
+            + f" Filling it with bulk_create took {meta.get('backlog_fill_seconds', 0):.0f} s "
+            "(not counted)."
         )
+    lines += _enqueue_profile_lines(results)
+    return lines
+
+
+def _cores_for_limit(backlog: Mapping[str, Any]) -> float:
+    """Cores the drain stack needs to send at the limiter's sustained rate."""
+    per_op = float(backlog.get("cpu_ms_per_1000_ops", 0.0)) / 1e6  # seconds per operation
+    ops = float(backlog.get("sustained_rate", 95.2)) * float(backlog.get("batch_size", 10))
+    return per_op * ops
+
+
+def _enqueue_profile_lines(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    lines: list[str] = []
+    for db, name in (("SQLite file", "enqueue-sqlite"), ("PostgreSQL", "enqueue-postgres")):
+        meta = _meta(results, name)
+        profile = meta.get("profile")
+        if not profile:
+            continue
+        if not lines:
+            lines += [
+                "",
+                "Where a `track()` call's time goes (marginal, inside the app's transaction; "
+                "cProfile self time per call, grouped: profiling inflates the Python parts "
+                "against the C parts, so read the shares, and the measured figures above for "
+                "the totals):",
+                "",
+            ]
+        lines.append(
+            f"{db}: {profile['calls']:,} calls, {profile['total_us_per_call']:.0f} µs a call "
+            f"under the profiler (driver INSERT alone, unprofiled: "
+            f"{meta.get('driver_insert_us', 0):.0f} µs; plain `Operation.save()`, unprofiled: "
+            f"{meta.get('orm_insert_us', 0):.0f} µs)."
+        )
+        lines += ["", "| component | µs per call (profiled) | share |", "|---|---|---|"]
+        total = profile["total_us_per_call"] or 1.0
+        for component, us in profile["components_us_per_call"]:
+            lines.append(f"| {component} | {us:.1f} | {us / total:.0%} |")
+        lines += ["", "Top functions by self time (µs per call, profiled):", ""]
+        lines += [f"- {us:.1f} µs `{where}`" for us, where in profile["top"]]
+        lines.append("")
     return lines
 
 

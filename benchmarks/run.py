@@ -5,7 +5,13 @@ and writes its rows as JSON; this script collects them, prints one table and wri
 file with the machine's facts and the exact command. Every row is a figure and the baseline it
 is compared with, measured in the same run, and their ratio.
 
-Usage: ``python -m benchmarks.run [--quick] [--runs N] [--only enqueue,drain,…] [--output F]``.
+Usage: ``python -m benchmarks.run [--quick|--smoke] [--no-postgres] [--runs N]
+[--only enqueue,drain,…] [--output F]``.
+
+``--smoke`` (what ``tests/test_benchmarks.py`` runs) uses tiny sizes and one run, and writes its
+results file to a temp directory unless ``--output`` is given: it proves the suite runs, its
+figures mean nothing. ``--no-postgres`` skips the sections that need PostgreSQL (the breaker
+section runs on SQLite instead).
 """
 
 from __future__ import annotations
@@ -40,13 +46,21 @@ class Section:
     args: tuple[str, ...] = ()
     postgres: bool = False
     runs_flag: bool = True
+    #: Arguments that run a PostgreSQL section on SQLite instead (``--no-postgres``).
+    sqlite_args: tuple[str, ...] | None = None
 
 
 SECTIONS: tuple[Section, ...] = (
     Section("enqueue-sqlite", "benchmarks.enqueue", ("--db", "sqlite")),
     Section("enqueue-postgres", "benchmarks.enqueue", ("--db", "postgres"), postgres=True),
     Section("drain", "benchmarks.drain", ("--db", "sqlite")),
-    Section("breaker", "benchmarks.breaker_rows", postgres=True),
+    Section(
+        "breaker",
+        "benchmarks.breaker_rows",
+        ("--db", "postgres"),
+        postgres=True,
+        sqlite_args=("--db", "sqlite"),
+    ),
     Section("workers", "benchmarks.workers", postgres=True),
     Section("memory", "benchmarks.memory", postgres=True, runs_flag=False),
 )
@@ -55,10 +69,15 @@ SECTIONS: tuple[Section, ...] = (
 ORDER = ("enqueue", "idempotency", "drain", "workers", "backlog", "rate limit", "breaker", "memory")
 
 
-def run_section(section: Section, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def run_section(
+    section: Section, args: argparse.Namespace, workdir: Path, *, on_sqlite: bool = False
+) -> dict[str, Any]:
     out = workdir / f"{section.name}.json"
-    argv = [sys.executable, "-m", section.module, *section.args, "--json", str(out)]
-    if args.quick:
+    section_args = section.sqlite_args if on_sqlite and section.sqlite_args else section.args
+    argv = [sys.executable, "-m", section.module, *section_args, "--json", str(out)]
+    if args.smoke:
+        argv.append("--smoke")
+    elif args.quick:
         argv.append("--quick")
     if section.runs_flag and args.runs:
         argv += ["--runs", str(args.runs)]
@@ -194,11 +213,23 @@ def render_only(raw: Path, output: Path) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, one run each")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes, one run each, results in a temp directory (the smoke test)",
+    )
+    parser.add_argument(
+        "--no-postgres",
+        action="store_true",
+        help="skip the sections that need PostgreSQL (the breaker runs on SQLite)",
+    )
     parser.add_argument("--runs", type=int, default=None, help="runs per figure (median)")
     parser.add_argument(
         "--only", default="", help="comma-separated sections: " + ",".join(s.name for s in SECTIONS)
     )
-    parser.add_argument("--output", default=str(DEFAULT_OUTPUT), help="the results file")
+    parser.add_argument(
+        "--output", default=None, help=f"the results file (default {DEFAULT_OUTPUT})"
+    )
     parser.add_argument(
         "--render",
         metavar="RESULTS_JSON",
@@ -206,8 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.render:
-        return render_only(Path(args.render), Path(args.output))
-    if args.quick and args.runs is None:
+        return render_only(Path(args.render), Path(args.output or DEFAULT_OUTPUT))
+    if (args.quick or args.smoke) and args.runs is None:
         args.runs = 1
     wanted = {name.strip() for name in args.only.split(",") if name.strip()}
     unknown = wanted - {s.name for s in SECTIONS}
@@ -220,26 +251,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     started = time.monotonic()
     facts = common.machine_facts()
-    pg_ok = not str(facts.get("postgresql", "")).startswith("unreachable")
     workdir = Path(tempfile.mkdtemp(prefix="cio-bench-"))
+    output = Path(args.output) if args.output else DEFAULT_OUTPUT
+    if args.smoke and not args.output:
+        output = workdir / "RESULTS.md"
+    if args.no_postgres:
+        facts["postgresql"] = "not used (--no-postgres)"
+    pg_ok = not args.no_postgres and not str(facts.get("postgresql", "")).startswith("unreachable")
     results: dict[str, dict[str, Any]] = {}
+    skipped: list[str] = []
     for section in SECTIONS:
         if wanted and section.name not in wanted:
             continue
         if section.postgres and not pg_ok:
+            if section.sqlite_args is not None and args.no_postgres:
+                results[section.name] = run_section(section, args, workdir, on_sqlite=True)
+                continue
+            if args.no_postgres:
+                skipped.append(section.name)
+                print(f"\n=== {section.name}: skipped (--no-postgres)")
+                continue
             results[section.name] = {"rows": [], "meta": {}, "error": "PostgreSQL unreachable"}
             print(f"\n=== {section.name}: skipped, PostgreSQL unreachable ({facts['postgresql']})")
             continue
         results[section.name] = run_section(section, args, workdir)
+    facts["skipped_sections"] = skipped
     total = time.monotonic() - started
     facts["load_after"] = common.load_average()
     when = datetime.now(timezone.utc)
     rows = write_results(
-        Path(args.output),
+        output,
         results=results,
         facts=facts,
         command=command,
-        quick=args.quick,
+        quick=args.quick or args.smoke,
         total=total,
         when=when,
     )
@@ -254,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             {
                 "facts": facts,
                 "command": command,
-                "quick": args.quick,
+                "quick": args.quick or args.smoke,
                 "when": when.isoformat(),
                 "results": results,
                 "seconds": total,
@@ -263,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             default=str,
         )
     )
-    print(f"\ntotal {total:.0f} s; results in {args.output} (raw figures: {raw})")
+    print(f"\ntotal {total:.0f} s; results in {output} (raw figures: {raw})")
     return 1 if failed else 0
 
 

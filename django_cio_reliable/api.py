@@ -45,11 +45,13 @@ def _store(
     *,
     name: str = "",
     idempotency_key: str | _Derive | None,
+    size: int | None = None,
 ) -> Operation:
     from django_cio_reliable import outbox
 
     key = _key(idempotency_key, kind, customer_id, payload)
-    size = validation.json_bytes(payload)
+    if size is None:
+        size = validation.json_bytes(payload)
     if app_settings.DELIVERY == "direct":
         from django_cio_reliable import direct
 
@@ -115,11 +117,13 @@ def track(
     """
     cid = validation.customer_id(customer_id)
     event = validation.event_name(name)
-    payload: dict[str, Any] = {"name": event, "data": validation.event_data(data)}
+    values, data_size = validation.event_data_sized(data)
+    payload: dict[str, Any] = {"name": event, "data": values}
     ts = validation.timestamp(timestamp)
     if ts is not None:
         payload["timestamp"] = ts
-    return _store("track", cid, payload, name=event, idempotency_key=idempotency_key)
+    size = validation.json_bytes_known(payload, {"data": data_size})
+    return _store("track", cid, payload, name=event, idempotency_key=idempotency_key, size=size)
 
 
 def track_anonymous(
@@ -147,15 +151,15 @@ def track_anonymous(
     """
     aid = validation.customer_id(anonymous_id, field="anonymous_id")
     event = validation.event_name(name)
-    payload: dict[str, Any] = {
-        "anonymous_id": aid,
-        "name": event,
-        "data": validation.event_data(data),
-    }
+    values, data_size = validation.event_data_sized(data)
+    payload: dict[str, Any] = {"anonymous_id": aid, "name": event, "data": values}
     ts = validation.timestamp(timestamp)
     if ts is not None:
         payload["timestamp"] = ts
-    return _store("track_anonymous", aid, payload, name=event, idempotency_key=idempotency_key)
+    size = validation.json_bytes_known(payload, {"data": data_size})
+    return _store(
+        "track_anonymous", aid, payload, name=event, idempotency_key=idempotency_key, size=size
+    )
 
 
 def delete(customer_id: str | int, *, idempotency_key: str | _Derive | None = None) -> Operation:

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 KEY_MAX_LENGTH: Final = 255
 _CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_CROCKFORD_PAIRS: Final = tuple(a + b for a in _CROCKFORD for b in _CROCKFORD)
+_PAIR_SHIFTS: Final = tuple(range(120, -10, -10))
+_RANDOM_MASK: Final = (1 << 80) - 1
 
 
 class _Derive:
@@ -56,12 +59,9 @@ def encode_ulid(timestamp_ms: int, randomness: int) -> str:
     """Encode a 48-bit millisecond timestamp and 80 random bits as a 26-character ULID."""
     if not 0 <= timestamp_ms < 2**48:
         raise ValueError("ULID timestamp out of range")
-    value = (timestamp_ms << 80) | (randomness & ((1 << 80) - 1))
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    value = (timestamp_ms << 80) | (randomness & _RANDOM_MASK)
+    # 130 bits, ten at a time: two characters per lookup.
+    return "".join([_CROCKFORD_PAIRS[(value >> shift) & 1023] for shift in _PAIR_SHIFTS])
 
 
 def new_event_id(key: str | None = None, *, now: float | None = None) -> str:

@@ -46,8 +46,10 @@ __all__ = [
     "attributes",
     "customer_id",
     "event_data",
+    "event_data_sized",
     "event_name",
     "json_bytes",
+    "json_bytes_known",
     "json_safe",
     "timestamp",
 ]
@@ -555,8 +557,19 @@ def event_data(value: Mapping[str, Any] | None, *, field: str = "data") -> dict[
     Raises:
         InvalidOperation: A value cannot be normalised, or the whole is over 100,000 bytes.
     """
+    return event_data_sized(value, field=field)[0]
+
+
+def event_data_sized(
+    value: Mapping[str, Any] | None, *, field: str = "data"
+) -> tuple[dict[str, Any], int]:
+    """Like :func:`event_data`, also returning its size (:func:`json_bytes`), measured once.
+
+    Raises:
+        InvalidOperation: As :func:`event_data`.
+    """
     if value is None:
-        return {}
+        return {}, 2
     if not isinstance(value, Mapping):
         _wrong_type(field, value, "a mapping (dict)")
     normalised: dict[str, Any] = json_safe(value, field=field)
@@ -572,7 +585,7 @@ def event_data(value: Mapping[str, Any] | None, *, field: str = "data") -> dict[
             limit=f"{EVENT_DATA_MAX_BYTES} bytes",
             actual=f"{size} bytes",
         )
-    return normalised
+    return normalised, size
 
 
 def timestamp(value: object, *, field: str = "timestamp") -> int | None:
@@ -658,6 +671,23 @@ def json_safe(value: object, *, field: str) -> Any:
         return _normalise(value, 1)
     except _Refusal as err:
         raise err.public(field) from None
+
+
+def json_bytes_known(value: Mapping[str, Any], known: Mapping[str, int]) -> int:
+    """:func:`json_bytes` of a ``dict`` whose values under ``known`` were measured already.
+
+    Only the rest is serialised again: a large event's data is encoded once, not twice.
+
+    Args:
+        value: A normalised ``dict``.
+        known: Top-level keys of ``value`` and the :func:`json_bytes` of their values.
+
+    Returns:
+        ``json_bytes(value)``.
+    """
+    # Each known value stands in as 0 (one byte) in a small skeleton, then is added back.
+    skeleton = {key: 0 if key in known else item for key, item in value.items()}
+    return json_bytes(skeleton) + sum(size - 1 for key, size in known.items() if key in value)
 
 
 def json_bytes(value: Any) -> int:
