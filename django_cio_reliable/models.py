@@ -77,6 +77,19 @@ class Operation(models.Model):
             models.Index(fields=("person_key", "id"), name="cio_op_person"),
             models.Index(fields=("status", "created_at"), name="cio_op_status_created"),
             models.Index(fields=("status", "updated_at"), name="cio_op_status_updated"),
+            # The claim walks open rows in id order and asks, per row, whether an earlier
+            # open row of the same person exists: both only ever look at open rows, which
+            # are few next to the delivered ones kept for RETAIN_DELIVERED.
+            models.Index(
+                fields=("id",),
+                name="cio_op_open",
+                condition=models.Q(status__in=("pending", "sending", "failed")),
+            ),
+            models.Index(
+                fields=("person_key", "id"),
+                name="cio_op_person_open",
+                condition=models.Q(status__in=("pending", "sending", "failed")),
+            ),
         )
         permissions = (
             ("view_payload", _("Can view operation payloads")),

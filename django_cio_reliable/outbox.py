@@ -440,7 +440,12 @@ def claimable(now: datetime | None = None) -> QuerySet[Operation]:
         person_key=OuterRef("person_key"), id__lt=OuterRef("id"), status__in=OPEN
     )
     due: QuerySet[Operation] = (
-        Operation.objects.filter(_due(current)).filter(~Exists(earlier_open)).order_by("id")
+        # ``status__in=OPEN`` is implied by ``_due`` but spelt out: it is the condition of the
+        # partial index ``cio_op_open``, which lets the scan skip the delivered rows.
+        Operation.objects.filter(status__in=OPEN)
+        .filter(_due(current))
+        .filter(~Exists(earlier_open))
+        .order_by("id")
     )
     return due
 

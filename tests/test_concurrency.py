@@ -237,3 +237,35 @@ def test_a_claim_that_outlives_its_lease_is_not_sent_twice(
     assert fake_cio.people() == {f"p{p}": {"version": 2} for p in range(people)}
     # ... and each operation was sent once: nothing crashed, so nothing had to be re-sent.
     assert len(fake_cio.receipts) == 2 * people
+
+
+@pytest.mark.postgres
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_claim_query_skips_delivered_rows_through_the_open_index() -> None:
+    """Delivered rows are kept for RETAIN_DELIVERED and far outnumber the open ones: the claim
+    must not walk them (it did, 50,000 filtered rows for each claim)."""
+    from django.db import connection
+    from django.utils import timezone
+
+    from django_cio_reliable import outbox
+
+    now = timezone.now()
+    common = {"kind": "identify", "payload": {}, "next_attempt_at": now, "created_at": now}
+    Operation.objects.bulk_create(
+        [
+            Operation(customer_id=f"c{i}", person_key=f"c:c{i}", status="delivered", **common)
+            for i in range(20_000)
+        ],
+        batch_size=5_000,
+    )
+    Operation.objects.bulk_create(
+        [
+            Operation(customer_id=f"p{i}", person_key=f"c:p{i}", status="pending", **common)
+            for i in range(500)
+        ]
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE django_cio_reliable_operation")
+    plan = outbox.claimable(now).values_list("id", flat=True)[:100].explain()
+    assert "cio_op_open" in plan, plan
