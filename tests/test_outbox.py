@@ -576,3 +576,48 @@ def test_linger_polling_is_bounded_when_work_is_blocked(
     )
     assert result.claimed == 0
     assert 1 <= len(naps) <= 8
+
+
+def _stored(op: Operation) -> dict[str, Any]:
+    from django.forms.models import model_to_dict
+
+    row = model_to_dict(Operation.objects.get(pk=op.pk))
+    for volatile in ("id", "event_id", "payload"):
+        row.pop(volatile)
+    payload = dict(Operation.objects.get(pk=op.pk).payload)
+    payload.pop("id", None)
+    row["payload_without_id"] = payload
+    return row
+
+
+@pytest.mark.parametrize(
+    ("kind", "args"),
+    [
+        ("identify", ("p", {"email": "a@example.com", "n": 1.5, "tags": ["x"]})),
+        ("track", ("p", "order_placed", {"total": 42, "nested": {"a": [1, 2]}})),
+        ("track_anonymous", ("anon-1", "page_viewed", {"path": "/"})),
+        ("delete", ("p",)),
+    ],
+)
+def test_the_fast_insert_stores_the_same_row_as_save(
+    outbox_mode: FakeCustomerIO, fake_clock: FakeClock, kind: str, args: tuple[Any, ...]
+) -> None:
+    """enqueue compiles its INSERT once; it must store exactly what ``Model.save()`` does
+    (``save()`` is used whenever someone listens to post_save, e.g. capture_operations)."""
+    from django.db.models.signals import post_save
+
+    call = getattr(cio, kind)
+    assert not post_save.has_listeners(Operation)  # so the first call takes the fast path
+    fast = call(*args)
+    assert any(plan is not None for plan in outbox._insert_plans.values())
+    uid = "test-force-save-path"
+    post_save.connect(lambda **kw: None, sender=Operation, weak=False, dispatch_uid=uid)
+    try:
+        slow = call(*args)
+    finally:
+        post_save.disconnect(sender=Operation, dispatch_uid=uid)
+    assert _stored(fast) == _stored(slow)
+    assert fast.pk != slow.pk
+    # The in-memory objects returned agree with their rows too.
+    for op in (fast, slow):
+        assert op.created_at == Operation.objects.get(pk=op.pk).created_at
