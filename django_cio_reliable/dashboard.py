@@ -518,19 +518,7 @@ def collect_top_errors(*, limit: int = 10) -> list[ErrorGroup]:
 
 def human_duration(seconds: float | None) -> str:
     """``seconds`` as a short duration (``3d 4h``, ``2h 05m``, ``4m 02s``, ``42s``)."""
-    if seconds is None:
-        return "—"
-    total = max(0, int(seconds))
-    days, rest = divmod(total, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours}h"
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    if minutes:
-        return f"{minutes}m {secs:02d}s"
-    return f"{secs}s"
+    return "—" if seconds is None else clock.human_duration(seconds)
 
 
 def parse_hours(value: Any) -> int:

@@ -9,6 +9,7 @@ import pytest
 from django.conf import settings as django_settings
 
 from django_cio_reliable.testing import FakeCustomerIO
+from tests.fakes import FakeClock
 
 SITE_ID = "test-site"
 API_KEY = "test-api-key-0123456789"
@@ -28,3 +29,13 @@ def fake_cio(fake_cio_server: FakeCustomerIO, settings: Any) -> Iterator[FakeCus
     settings.CIO_RELIABLE = {**django_settings.CIO_RELIABLE, "TRACK_URL": fake_cio_server.url}
     yield fake_cio_server
     fake_cio_server.reset()
+
+
+@pytest.fixture
+def fake_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """``django_cio_reliable.clock.now`` under the test's control (no sleeping)."""
+    from django_cio_reliable import clock
+
+    fake = FakeClock()
+    monkeypatch.setattr(clock, "now", fake.now)
+    return fake

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 from io import StringIO
 from typing import Any
 
@@ -17,13 +17,12 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
-from django.utils import timezone
 from hypothesis import given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
 import django_cio_reliable as cio
-from django_cio_reliable import breaker, clock, outbox, signals
+from django_cio_reliable import breaker, outbox, signals
 from django_cio_reliable import breaker_core as core
 from django_cio_reliable.breaker import Breaker, Permit, get_breaker, outcome_for
 from django_cio_reliable.breaker_core import BreakerConfig, Outcome
@@ -33,6 +32,7 @@ from django_cio_reliable.models import BreakerEvent, BreakerState, Operation
 from django_cio_reliable.retry import RetryPolicy
 from django_cio_reliable.testing import FakeCustomerIO
 from django_cio_reliable.transport import get_transport
+from tests.fakes import FakeClock
 
 #: Most tests run in a rolled-back transaction; those that need a real commit (signals sent
 #: on commit, racing threads with their own connections, inline dispatch) are transactional.
@@ -43,26 +43,6 @@ Status = Operation.Status
 FAIL = Outcome.failure(0.01)
 OK = Outcome.success(0.01)
 DESTINATION = "http://breaker.test#site"
-
-
-class FakeClock:
-    """Drives ``clock.now`` (and so the breaker's clock) without sleeping."""
-
-    def __init__(self) -> None:
-        self.current = timezone.now()
-
-    def now(self) -> datetime:
-        return self.current
-
-    def advance(self, seconds: float) -> None:
-        self.current += timedelta(seconds=seconds)
-
-
-@pytest.fixture
-def fake_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(clock, "now", fake.now)
-    return fake
 
 
 @pytest.fixture(autouse=True)

@@ -3,41 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.db import transaction
-from django.utils import timezone
 
 import django_cio_reliable as cio
-from django_cio_reliable import clock, outbox, signals
+from django_cio_reliable import outbox, signals
 from django_cio_reliable.models import DeliveryState, IdempotencyKey, Operation
 from django_cio_reliable.testing import FakeCustomerIO
+from tests.fakes import FakeClock
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 Status = Operation.Status
-
-
-class FakeClock:
-    """Drives ``clock.now`` so retries and outages run without sleeping."""
-
-    def __init__(self) -> None:
-        self.current = timezone.now()
-
-    def now(self) -> datetime:
-        return self.current
-
-    def advance(self, seconds: float) -> None:
-        self.current += timedelta(seconds=seconds)
-
-
-@pytest.fixture
-def fake_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(clock, "now", fake.now)
-    return fake
 
 
 @pytest.fixture

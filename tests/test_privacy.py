@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
 from io import StringIO
 from typing import Any
 
@@ -10,10 +9,9 @@ import pytest
 from django.core.checks import run_checks
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.utils import timezone
 
 import django_cio_reliable as cio
-from django_cio_reliable import clock, outbox, signals
+from django_cio_reliable import outbox, signals
 from django_cio_reliable.conf import app_settings
 from django_cio_reliable.exceptions import DeliveryError
 from django_cio_reliable.models import IdempotencyKey, Operation
@@ -22,6 +20,7 @@ from django_cio_reliable.retry import RetryPolicy
 from django_cio_reliable.testing import FakeCustomerIO
 from django_cio_reliable.transport import get_transport
 from django_cio_reliable.validation import json_bytes
+from tests.fakes import FakeClock
 
 pytestmark = pytest.mark.django_db(transaction=True)
 Status = Operation.Status
@@ -68,26 +67,6 @@ def test_forget_cancels_open_erases_delivered_and_deletes_keys(no_kick: FakeCust
     sent = [r for r in no_kick.receipts if r.event_id not in before]
     assert [r.customer_id for r in sent] == ["bob"]
     assert "alice@example.com" not in str(list(Operation.objects.values_list("payload", flat=True)))
-
-
-class FakeClock:
-    """Drives ``clock.now`` so lease expiry is reached without sleeping."""
-
-    def __init__(self) -> None:
-        self.current = timezone.now()
-
-    def now(self) -> datetime:
-        return self.current
-
-    def advance(self, seconds: float) -> None:
-        self.current += timedelta(seconds=seconds)
-
-
-@pytest.fixture
-def fake_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(clock, "now", fake.now)
-    return fake
 
 
 def sent_for(server: FakeCustomerIO, customer_id: str) -> list[str]:

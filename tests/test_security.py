@@ -13,7 +13,6 @@ import json
 import logging
 import traceback
 from collections.abc import Iterator
-from datetime import datetime, timedelta
 from io import StringIO
 from typing import Any
 
@@ -24,15 +23,15 @@ from django.core import serializers
 from django.core.checks import run_checks
 from django.core.management import call_command
 from django.test import Client
-from django.utils import timezone
 
 import django_cio_reliable as cio
-from django_cio_reliable import breaker, clock, dispatch, outbox, signals
+from django_cio_reliable import breaker, dispatch, outbox, signals
 from django_cio_reliable.conf import app_settings
 from django_cio_reliable.exceptions import DeliveryError
 from django_cio_reliable.models import Operation
 from django_cio_reliable.testing import FakeCustomerIO
 from django_cio_reliable.transport import get_transport, reset_transports
+from tests.fakes import FakeClock
 
 pytestmark = pytest.mark.django_db
 
@@ -45,19 +44,6 @@ BASIC = base64.b64encode(f"{SITE_ID}:{KEY}".encode()).decode()
 EMAIL = "pii-7c1d@leak.example"
 NOTE = "pii-note-Zq81-never-logged"
 PAYLOAD_VALUES = (EMAIL, NOTE)
-
-
-class FakeClock:
-    """Drives ``clock.now`` so pauses and backoff pass without sleeping."""
-
-    def __init__(self) -> None:
-        self.current = timezone.now()
-
-    def now(self) -> datetime:
-        return self.current
-
-    def advance(self, seconds: float) -> None:
-        self.current += timedelta(seconds=seconds)
 
 
 @pytest.fixture(scope="module")
@@ -97,13 +83,6 @@ def server(
     secret_server.reset()
     breaker.reset()
     reset_transports()
-
-
-@pytest.fixture
-def fake_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(clock, "now", fake.now)
-    return fake
 
 
 class Scan:

@@ -14,10 +14,9 @@ from typing import Any
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
-from django.utils import timezone
 
 import django_cio_reliable as cio
-from django_cio_reliable import breaker, clock, outbox, signals, tasks
+from django_cio_reliable import breaker, outbox, signals, tasks
 from django_cio_reliable.breaker import Breaker, get_breaker
 from django_cio_reliable.breaker_core import Outcome
 from django_cio_reliable.exceptions import DeliveryError
@@ -30,6 +29,7 @@ from django_cio_reliable.transport import (
     get_transport,
 )
 from tests.conftest import API_KEY
+from tests.fakes import FakeClock
 
 #: Most tests need real commits: acknowledgements and the idempotency cache act on commit.
 tx = pytest.mark.django_db(transaction=True)
@@ -41,19 +41,6 @@ OK = Outcome.success(0.01)
 BATCH_PATH = "/api/v2/batch"
 
 
-class FakeClock:
-    """Drives ``clock.now`` (the outbox's and the breaker's clock) without sleeping."""
-
-    def __init__(self) -> None:
-        self.current = timezone.now()
-
-    def now(self) -> datetime:
-        return self.current
-
-    def advance(self, seconds: float) -> None:
-        self.current += timedelta(seconds=seconds)
-
-
 class FakeMonotonic:
     """A monotonic clock for ``outbox.drain(monotonic=...)``, advanced by the test."""
 
@@ -62,13 +49,6 @@ class FakeMonotonic:
 
     def __call__(self) -> float:
         return self.value
-
-
-@pytest.fixture
-def fake_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(clock, "now", fake.now)
-    return fake
 
 
 @pytest.fixture(autouse=True)

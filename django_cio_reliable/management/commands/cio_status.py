@@ -13,7 +13,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from django_cio_reliable import breaker, outbox
+from django_cio_reliable import breaker, clock, outbox
 
 EXIT_UNHEALTHY = 1
 EXIT_BAD_ARGUMENTS = 2
@@ -28,19 +28,7 @@ PAUSE_REASONS = {
 }
 
 
-def human_duration(seconds: float) -> str:
-    """``seconds`` as a short human-readable duration, e.g. ``3d 4h``, ``2h 05m``, ``42s``."""
-    total = max(0, int(seconds))
-    days, rest = divmod(total, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours}h"
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    if minutes:
-        return f"{minutes}m {secs:02d}s"
-    return f"{secs}s"
+human_duration = clock.human_duration
 
 
 def _iso(moment: datetime | None) -> str | None:
