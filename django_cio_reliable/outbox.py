@@ -625,7 +625,11 @@ def ack_delivered(claim_: Claim, operations: Sequence[Operation], status_code: i
             updates["payload_bytes"] = Case(
                 *unsized, default=F("payload_bytes"), output_field=PositiveIntegerField()
             )
-    updated = int(Operation.objects.filter(id__in=ids, lease_token=claim_.token).update(**updates))
+    with transaction.atomic(using=_db_for_write()):  # one commit for the row and its count
+        updated = int(
+            Operation.objects.filter(id__in=ids, lease_token=claim_.token).update(**updates)
+        )
+        metrics.record(delivered=updated, at=now)
     acked = operations
     if updated != len(ids):
         log.warning(
@@ -640,7 +644,6 @@ def ack_delivered(claim_: Claim, operations: Sequence[Operation], status_code: i
             ).values_list("id", flat=True)
         )
         acked = [op for op in operations if op.pk in done]
-    metrics.record(delivered=updated, at=now)
     for op in acked:
         op.status = Status.DELIVERED
         op.delivered_at = now
@@ -664,16 +667,18 @@ def ack_failed(
     if classify(error) == "dead" or policy.exhausted(operation.attempts, age):
         if classify(error) != "dead":
             reason = f"gave up after {operation.attempts} attempts over {age:.0f}s: {reason}"
-        updated = fenced.update(
-            status=Status.DEAD,
-            dead_at=now,
-            lease_token="",
-            lease_expires_at=None,
-            last_status_code=error.status,
-            last_error=_redact(reason),
-        )
+        with transaction.atomic(using=_db_for_write()):
+            updated = fenced.update(
+                status=Status.DEAD,
+                dead_at=now,
+                lease_token="",
+                lease_expires_at=None,
+                last_status_code=error.status,
+                last_error=_redact(reason),
+            )
+            if updated:
+                metrics.record(dead=1, at=now)
         if updated:
-            metrics.record(dead=1, at=now)
             operation.status = Status.DEAD
             operation.last_error = _redact(reason)
             log.warning(
@@ -686,16 +691,18 @@ def ack_failed(
             _send_on_commit(signals.operation_dead, operation=operation, reason=reason)
         return Status.DEAD
     next_at = now + timedelta(seconds=policy.backoff(operation.attempts))
-    updated = fenced.update(
-        status=Status.FAILED,
-        next_attempt_at=next_at,
-        lease_token="",
-        lease_expires_at=None,
-        last_status_code=error.status,
-        last_error=reason,
-    )
+    with transaction.atomic(using=_db_for_write()):
+        updated = fenced.update(
+            status=Status.FAILED,
+            next_attempt_at=next_at,
+            lease_token="",
+            lease_expires_at=None,
+            last_status_code=error.status,
+            last_error=reason,
+        )
+        if updated:
+            metrics.record(failed=1, at=now)
     if updated:
-        metrics.record(failed=1, at=now)
         operation.status = Status.FAILED
         operation.next_attempt_at = next_at
         log.info(
