@@ -1234,18 +1234,12 @@ def _store_identifies(batch: Sequence[tuple[str, dict[str, Any]]], using: str) -
         return
     now = clock.now()
     operations = [
-        Operation(
-            kind=Operation.Kind.IDENTIFY,
-            customer_id=person,
-            person_key=outbox.person_key(Operation.Kind.IDENTIFY, person),
-            name="",
-            payload=payload,
+        outbox.new_operation(
+            Operation.Kind.IDENTIFY,
+            person,
+            payload,
+            now=now,
             payload_bytes=validation.json_bytes(payload),
-            event_id="",
-            idempotency_key="",
-            status=Operation.Status.PENDING,
-            next_attempt_at=now,
-            created_at=now,
         )
         for person, payload in batch
     ]

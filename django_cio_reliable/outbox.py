@@ -208,25 +208,17 @@ def enqueue_ex(
         if cached is not None:
             return cached, False
     now = clock.now()
-    pkey = person_key(kind, customer_id)
-    if kind in (Operation.Kind.TRACK, Operation.Kind.TRACK_ANONYMOUS):
-        payload = {**payload, "id": new_event_id(idempotency_key, now=now.timestamp())}
-    event_id = str(payload.get("id", ""))
 
     def build() -> Operation:
-        return Operation(
-            kind=kind,
-            customer_id=customer_id,
-            person_key=pkey,
+        # Rebuilt for every try of a keyed insert; the key fixes the event id's random part.
+        return new_operation(
+            kind,
+            customer_id,
+            payload,
+            now=now,
             name=name,
-            payload=payload,
-            payload_bytes=payload_bytes,
-            event_id=event_id,
             idempotency_key=idempotency_key or "",
-            status=Status.PENDING,
-            next_attempt_at=now,
-            created_at=now,
-            updated_at=now,
+            payload_bytes=payload_bytes,
         )
 
     using = _db_for_write()
@@ -235,7 +227,41 @@ def enqueue_ex(
         _insert(operation, using)
         _on_commit_enqueued(operation, None, using)
         return operation, True
-    return _enqueue_keyed(idempotency_key, pkey, build, now, using)
+    return _enqueue_keyed(idempotency_key, person_key(kind, customer_id), build, now, using)
+
+
+def new_operation(
+    kind: str,
+    customer_id: str,
+    payload: dict[str, Any],
+    *,
+    now: datetime,
+    name: str = "",
+    idempotency_key: str = "",
+    payload_bytes: int = 0,
+) -> Operation:
+    """The unsaved pending :class:`Operation` that :func:`enqueue` stores for these values.
+
+    A ``track`` or ``track_anonymous`` gets its ULID event ``id`` here (its random part derived
+    from ``idempotency_key`` when there is one). Bulk inserts that bypass :func:`enqueue`
+    (the backfill) build their rows with this too, so both store the same thing.
+    """
+    if kind in (Operation.Kind.TRACK, Operation.Kind.TRACK_ANONYMOUS):
+        payload = {**payload, "id": new_event_id(idempotency_key or None, now=now.timestamp())}
+    return Operation(
+        kind=kind,
+        customer_id=customer_id,
+        person_key=person_key(kind, customer_id),
+        name=name,
+        payload=payload,
+        payload_bytes=payload_bytes,
+        event_id=str(payload.get("id", "")),
+        idempotency_key=idempotency_key,
+        status=Status.PENDING,
+        next_attempt_at=now,
+        created_at=now,
+        updated_at=now,
+    )
 
 
 def _enqueue_keyed(

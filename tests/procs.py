@@ -285,8 +285,7 @@ def bulk_track(
 
     from django.utils import timezone
 
-    from django_cio_reliable import validation
-    from django_cio_reliable.idempotency import new_event_id
+    from django_cio_reliable import outbox, validation
     from django_cio_reliable.models import Operation
 
     owners = [index % people for index in range(count)]
@@ -299,21 +298,14 @@ def bulk_track(
         customer = str(owner)
         payload: dict[str, Any] = {"name": name, "data": {"seq": next_seq[owner]}}
         next_seq[owner] += 1
-        size = validation.json_bytes(payload)
-        event_id = new_event_id()
-        payload["id"] = event_id
         rows.append(
-            Operation(
-                kind=Operation.Kind.TRACK,
-                customer_id=customer,
-                person_key=f"c:{customer}",
+            outbox.new_operation(
+                Operation.Kind.TRACK,
+                customer,
+                payload,
+                now=now,
                 name=name,
-                payload=payload,
-                payload_bytes=size,
-                event_id=event_id,
-                status=Operation.Status.PENDING,
-                next_attempt_at=now,
-                created_at=now,
+                payload_bytes=validation.json_bytes(payload),
             )
         )
     created: list[Operation] = Operation.objects.bulk_create(rows, batch_size=2000)
