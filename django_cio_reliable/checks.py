@@ -1,7 +1,7 @@
 """Django system checks for django-cio-reliable.
 
 Every check id lives in :data:`CHECKS`, the one registry that ``docs/checks.md`` is written from
-(``python -m django_cio_reliable.checks`` prints its summary table). Ids are stable: a removed id
+(:func:`registry_table` renders its summary table). Ids are stable: a removed id
 goes to :data:`RETIRED_IDS` and is never given a new meaning.
 
 Settings are read live on every run, so ``override_settings`` works. Messages name the setting
@@ -939,7 +939,3 @@ def registry_table() -> str:
 
 def _anchor(check_id: str) -> str:
     return check_id.lower().replace(".", "")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    print(registry_table(), end="")

@@ -619,7 +619,8 @@ def test_docs_table_is_generated_from_the_registry() -> None:
     start, end = "<!-- registry-table:start -->\n", "<!-- registry-table:end -->"
     table = text[text.index(start) + len(start) : text.index(end)]
 
-    assert table == checks.registry_table(), "run: python -m django_cio_reliable.checks"
+    expected = checks.registry_table()
+    assert table == expected, f"replace the table in docs/checks.md with:\n{expected}"
 
 
 def _default_text(value: Any) -> str:
