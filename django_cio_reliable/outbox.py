@@ -686,24 +686,55 @@ def ack_failed(
     policy: RetryPolicy,
 ) -> str:
     """Reschedule or dead-letter ``operation`` after ``error``; returns the new status."""
+    return ack_failures(claim_, [(operation, error)], policy=policy)[0]
+
+
+def ack_failures(
+    claim_: Claim,
+    failures: Sequence[tuple[Operation, DeliveryError]],
+    *,
+    policy: RetryPolicy,
+) -> list[str]:
+    """:func:`ack_failed` for each ``(operation, error)``, in one transaction with one count
+    for the dashboard; returns the new statuses in order."""
+    statuses: list[str] = []
+    failed = dead = 0
     now = clock.now()
+    with transaction.atomic(using=_db_for_write()):
+        for operation, error in failures:
+            status, updated = _ack_failed(claim_, operation, error, policy=policy, now=now)
+            statuses.append(status)
+            if updated and status == Status.DEAD:
+                dead += 1
+            elif updated:
+                failed += 1
+        metrics.record(failed=failed, dead=dead, at=now)
+    return statuses
+
+
+def _ack_failed(
+    claim_: Claim,
+    operation: Operation,
+    error: DeliveryError,
+    *,
+    policy: RetryPolicy,
+    now: datetime,
+) -> tuple[str, bool]:
+    """Reschedule or dead-letter one operation; returns its status and whether its lease held."""
     reason = _redact(str(error))
     age = (now - operation.created_at).total_seconds()
     fenced = Operation.objects.filter(pk=operation.pk, lease_token=claim_.token)
     if classify(error) == "dead" or policy.exhausted(operation.attempts, age):
         if classify(error) != "dead":
             reason = f"gave up after {operation.attempts} attempts over {age:.0f}s: {reason}"
-        with transaction.atomic(using=_db_for_write()):
-            updated = fenced.update(
-                status=Status.DEAD,
-                dead_at=now,
-                lease_token="",
-                lease_expires_at=None,
-                last_status_code=error.status,
-                last_error=_redact(reason),
-            )
-            if updated:
-                metrics.record(dead=1, at=now)
+        updated = fenced.update(
+            status=Status.DEAD,
+            dead_at=now,
+            lease_token="",
+            lease_expires_at=None,
+            last_status_code=error.status,
+            last_error=_redact(reason),
+        )
         if updated:
             operation.status = Status.DEAD
             operation.last_error = _redact(reason)
@@ -715,19 +746,16 @@ def ack_failed(
                 operation.attempts,
             )
             _send_on_commit(signals.operation_dead, operation=operation, reason=reason)
-        return Status.DEAD
+        return Status.DEAD, bool(updated)
     next_at = now + timedelta(seconds=policy.backoff(operation.attempts))
-    with transaction.atomic(using=_db_for_write()):
-        updated = fenced.update(
-            status=Status.FAILED,
-            next_attempt_at=next_at,
-            lease_token="",
-            lease_expires_at=None,
-            last_status_code=error.status,
-            last_error=reason,
-        )
-        if updated:
-            metrics.record(failed=1, at=now)
+    updated = fenced.update(
+        status=Status.FAILED,
+        next_attempt_at=next_at,
+        lease_token="",
+        lease_expires_at=None,
+        last_status_code=error.status,
+        last_error=reason,
+    )
     if updated:
         operation.status = Status.FAILED
         operation.next_attempt_at = next_at
@@ -742,7 +770,7 @@ def ack_failed(
         _send_on_commit(
             signals.operation_failed, operation=operation, error=error, next_attempt_at=next_at
         )
-    return Status.FAILED
+    return Status.FAILED, bool(updated)
 
 
 # --------------------------------------------------------------------------- deliver
@@ -938,9 +966,9 @@ class Deliverer:
         delivered = [op for op, err in zip(group, outcomes, strict=True) if err is None]
         result.delivered += len(delivered)
         ack_delivered(claim_, delivered)
-        for op, err in zip(group, outcomes, strict=True):
-            if err is not None:
-                self._record_failure(claim_, op, err, result)
+        self._record_failures(
+            claim_, [(op, err) for op, err in zip(group, outcomes, strict=True) if err], result
+        )
         if delivered:
             clear_auth_failure()
         return "ok"
@@ -995,18 +1023,22 @@ class Deliverer:
             result.released += release(claim_, group, at=until)
             result.paused = reason
             return "paused"
-        for op in group:
-            self._record_failure(claim_, op, error, result)
+        self._record_failures(claim_, [(op, error) for op in group], result)
         return "ok"
 
-    def _record_failure(
-        self, claim_: Claim, op: Operation, error: DeliveryError, result: DrainResult
+    def _record_failures(
+        self,
+        claim_: Claim,
+        failures: Sequence[tuple[Operation, DeliveryError]],
+        result: DrainResult,
     ) -> None:
-        status = ack_failed(claim_, op, error, policy=self.policy)
-        if status == Status.DEAD:
-            result.dead += 1
-        else:
-            result.failed += 1
+        if not failures:
+            return
+        for status in ack_failures(claim_, failures, policy=self.policy):
+            if status == Status.DEAD:
+                result.dead += 1
+            else:
+                result.failed += 1
 
 
 def _fits_batch(op: Operation) -> bool:
