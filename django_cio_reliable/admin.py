@@ -47,7 +47,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import url_has_allowed_host_and_scheme
 
-from django_cio_reliable import breaker, outbox, views
+from django_cio_reliable import breaker, lifecycle, outbox, views
 from django_cio_reliable.conf import app_settings
 from django_cio_reliable.models import (
     BreakerEvent,
@@ -399,7 +399,7 @@ class OperationAdmin(ReadOnlyMixin, OperationBase):
                 message += f" Skipped {skipped} (only pending and failed operations can be)."
             self.message_user(request, message, messages.SUCCESS if count else messages.WARNING)
             return None
-        eligible = queryset.filter(status__in=[Operation.Status.PENDING, Operation.Status.FAILED])
+        eligible = queryset.filter(status__in=lifecycle.WAITING)
         context = {
             **self.admin_site.each_context(request),
             "title": "Mark operations dead?",

@@ -34,7 +34,7 @@ from django.db.models import Min
 from health_check.base import HealthCheck
 from health_check.exceptions import ServiceUnavailable, ServiceWarning
 
-from django_cio_reliable import breaker, clock
+from django_cio_reliable import breaker, clock, lifecycle
 from django_cio_reliable.conf import app_settings, on_reset
 from django_cio_reliable.dashboard import human_duration
 from django_cio_reliable.exceptions import DeliveryError
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 Level = Literal["warning", "unavailable"]
 
-OPEN_STATUSES = [Operation.Status.PENDING, Operation.Status.SENDING, Operation.Status.FAILED]
+OPEN_STATUSES = lifecycle.OPEN
 
 
 @dataclasses.dataclass(frozen=True)

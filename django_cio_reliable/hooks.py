@@ -1243,9 +1243,7 @@ def _store_identifies(batch: Sequence[tuple[str, dict[str, Any]]], using: str) -
         )
         for person, payload in batch
     ]
-    Operation.objects.using(using).bulk_create(operations)
-    for operation in operations:
-        outbox._on_commit_enqueued(operation, None, using)
+    outbox.store_many(operations, using)
 
 
 def identify_hook_for(model: type[models.Model], hook: Hook | str | None = None) -> Hook:

@@ -8,6 +8,8 @@ from django.conf import settings
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
+from django_cio_reliable import lifecycle
+
 
 class Operation(models.Model):
     """One Customer.io call, stored before any network I/O and kept until it is delivered or dead.
@@ -25,15 +27,11 @@ class Operation(models.Model):
         TRACK_ANONYMOUS = "track_anonymous"
         DELETE = "delete"
 
-    class Status(models.TextChoices):
-        PENDING = "pending"
-        SENDING = "sending"
-        FAILED = "failed"
-        DELIVERED = "delivered"
-        DEAD = "dead"
-
+    Status = lifecycle.Status
     #: Statuses of an operation that still has to be delivered.
-    OPEN_STATUSES = (Status.PENDING, Status.SENDING, Status.FAILED)
+    OPEN_STATUSES = lifecycle.OPEN
+
+    objects = lifecycle.OperationQuerySet.as_manager()
 
     id = models.BigAutoField(primary_key=True)
     kind = models.CharField(max_length=20, choices=Kind.choices)
@@ -83,12 +81,12 @@ class Operation(models.Model):
             models.Index(
                 fields=("id",),
                 name="cio_op_open",
-                condition=models.Q(status__in=("pending", "sending", "failed")),
+                condition=models.Q(status__in=lifecycle.OPEN),
             ),
             models.Index(
                 fields=("person_key", "id"),
                 name="cio_op_person_open",
-                condition=models.Q(status__in=("pending", "sending", "failed")),
+                condition=models.Q(status__in=lifecycle.OPEN),
             ),
         )
         permissions = (
@@ -105,6 +103,9 @@ class Operation(models.Model):
             f"<Operation id={self.pk} kind={self.kind} status={self.status} "
             f"attempts={self.attempts} event_id={self.event_id!r}>"
         )
+
+
+Status = lifecycle.Status
 
 
 class IdempotencyKey(models.Model):
@@ -161,9 +162,7 @@ class DeadLetterManager(models.Manager["DeadLetter"]):
     """Only dead operations."""
 
     def get_queryset(self) -> models.QuerySet[DeadLetter]:
-        dead: models.QuerySet[DeadLetter] = (
-            super().get_queryset().filter(status=Operation.Status.DEAD)
-        )
+        dead: models.QuerySet[DeadLetter] = super().get_queryset().filter(status=Status.DEAD)
         return dead
 
 

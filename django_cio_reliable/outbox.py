@@ -24,10 +24,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, connections, router, transaction
-from django.db.models import Case, Exists, F, OuterRef, Q, QuerySet, Value, When
+from django.db.models import Q, QuerySet
 from django.dispatch import Signal
 
-from django_cio_reliable import clock, metrics, signals
+from django_cio_reliable import clock, lifecycle, metrics, signals
 from django_cio_reliable.breaker import Breaker, Permit, get_breaker, outcome_for
 from django_cio_reliable.conf import app_settings
 from django_cio_reliable.exceptions import DeliveryError
@@ -42,11 +42,12 @@ from django_cio_reliable.transport import (
     batch_item_bytes,
     get_transport,
 )
+from django_cio_reliable.validation import json_bytes
 
 log = logging.getLogger(__name__)
 
 Status = Operation.Status
-OPEN = [Status.PENDING, Status.SENDING, Status.FAILED]
+OPEN = lifecycle.OPEN
 MAX_ERROR_LENGTH = 1000
 #: Shortest nap of a lingering drain.
 LINGER_POLL = 0.25
@@ -56,6 +57,8 @@ RATE_HEADROOM = 0.05
 RATE_LATE_TOLERANCE = 0.02
 #: How many slots one request reserves at most before it sends anyway.
 RATE_MAX_RESERVATIONS = 20
+#: :attr:`DrainResult.stopped` when no rate-limit slot was free within ``rate_wait``.
+NO_RATE_SLOT = "no rate-limit slot soon"
 #: Seconds of a lease kept in hand beyond one request's timeouts (see :func:`hold`).
 LEASE_RENEW_MARGIN = 5.0
 
@@ -224,7 +227,14 @@ def enqueue_ex(
     using = _db_for_write()
     if not idempotency_key:
         operation = build()
-        _insert(operation, using)
+        if connections[using].vendor == "postgresql" and not connections[using].in_atomic_block:
+            # The person-order lock lives as long as a transaction: give the INSERT one.
+            with transaction.atomic(using=using):
+                _hold_person_order(operation.person_key, using=using)
+                _insert(operation, using)
+        else:
+            _hold_person_order(operation.person_key, using=using)
+            _insert(operation, using)
         _on_commit_enqueued(operation, None, using)
         return operation, True
     return _enqueue_keyed(idempotency_key, person_key(kind, customer_id), build, now, using)
@@ -286,6 +296,7 @@ def _enqueue_keyed(
         try:
             with transaction.atomic(using=using):
                 operation = build()
+                _hold_person_order(pkey, using=using)
                 _insert(operation, using)
                 IdempotencyKey.objects.using(using).create(
                     key=key,
@@ -345,15 +356,25 @@ def pause(reason: str, seconds: float, *, error: str = "") -> datetime:
     now = clock.now()
     until = now + timedelta(seconds=seconds)
     delivery_state()
-    updates: dict[str, Any] = {"pause_reason": reason}
-    if reason == DeliveryState.PauseReason.AUTH:
-        updates.update(auth_failed_at=now, auth_error=error[:MAX_ERROR_LENGTH])
     qs = DeliveryState.objects.filter(destination=_destination())
+    # The longer pause wins both its end and its reason: a short 429 pause must not relabel
+    # a credentials pause (``cio_replay --now`` refuses only the latter).
     qs.filter(Q(paused_until__isnull=True) | Q(paused_until__lt=until)).update(
-        paused_until=until, **updates
+        paused_until=until, pause_reason=reason
     )
-    qs.update(**updates)
+    if reason == DeliveryState.PauseReason.AUTH:
+        qs.update(auth_failed_at=now, auth_error=error[:MAX_ERROR_LENGTH])
     return max(until, qs.values_list("paused_until", flat=True).first() or until)
+
+
+def resume(reason: str) -> int:
+    """Lift the shared pause if it is one for ``reason`` (an operator's decision); returns
+    how many pauses were lifted (0 or 1)."""
+    return int(
+        DeliveryState.objects.filter(
+            destination=_destination(), pause_reason=reason, paused_until__isnull=False
+        ).update(paused_until=None, pause_reason=DeliveryState.PauseReason.NONE)
+    )
 
 
 def clear_auth_failure() -> None:
@@ -453,27 +474,45 @@ class RateLimiter:
 # --------------------------------------------------------------------------- claim
 
 
-def _due(now: datetime) -> Q:
-    return Q(status__in=[Status.PENDING, Status.FAILED], next_attempt_at__lte=now) | Q(
-        status=Status.SENDING, lease_expires_at__lt=now
-    )
+#: Namespace of the PostgreSQL advisory locks that order a person's operations (see
+#: :func:`_hold_person_order` and :func:`claim`).
+PERSON_LOCK_SPACE = 0x43494F  # "CIO"
+
+
+def store_many(operations: Sequence[Operation], using: str) -> None:
+    """Store operations built by :func:`new_operation` in one ``INSERT`` (the backfill), each
+    announced after commit like one stored by :func:`enqueue`."""
+    with transaction.atomic(using=using):
+        _hold_person_order(*sorted({op.person_key for op in operations}), using=using)
+        Operation.objects.using(using).bulk_create(operations)
+    for operation in operations:
+        _on_commit_enqueued(operation, None, using)
+
+
+def _hold_person_order(*pkeys: str, using: str) -> None:
+    """On PostgreSQL, mark the current transaction as one that stores operations of ``pkeys``.
+
+    A shared advisory lock, held until the transaction ends: enqueuers never wait for each other,
+    but a claim (which asks for the exclusive lock without waiting) knows that an operation of
+    this person may still be uncommitted and leaves the person alone until it commits or rolls
+    back. Without it a later operation committed first could be sent before an earlier one
+    (guarantee 3). Other databases need nothing: SQLite has one writer at a time, so a person's
+    operations commit in id order.
+    """
+    connection = connections[using]
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock_shared(%s, hashtext(k)) FROM unnest(%s::text[]) AS k",
+            [PERSON_LOCK_SPACE, list(pkeys)],
+        )
 
 
 def claimable(now: datetime | None = None) -> QuerySet[Operation]:
     """Due operations with no earlier open operation of the same person, oldest first."""
-    current = now or clock.now()
-    earlier_open = Operation.objects.filter(
-        person_key=OuterRef("person_key"), id__lt=OuterRef("id"), status__in=OPEN
-    )
-    due: QuerySet[Operation] = (
-        # ``status__in=OPEN`` is implied by ``_due`` but spelt out: it is the condition of the
-        # partial index ``cio_op_open``, which lets the scan skip the delivered rows.
-        Operation.objects.filter(status__in=OPEN)
-        .filter(_due(current))
-        .filter(~Exists(earlier_open))
-        .order_by("id")
-    )
-    return due
+    claimable: QuerySet[Operation] = Operation.objects.claimable(now or clock.now())
+    return claimable
 
 
 @dataclass
@@ -499,44 +538,101 @@ def claim(
 ) -> Claim:
     """Claim up to ``limit`` due operations with a fresh lease; counts one attempt for each.
 
-    PostgreSQL (and other back ends with ``SKIP LOCKED``) lock the candidate rows so concurrent
-    workers skip each other's; elsewhere (SQLite) the update is a compare-and-set on the status.
+    In the same short transaction, operations whose lease expired unacknowledged with no
+    attempt or age left are dead-lettered first (a poison operation that kills its worker
+    must not block its person forever). PostgreSQL (and other back ends with ``SKIP LOCKED``)
+    lock the candidate rows so concurrent workers skip each other's, and leave alone a person
+    whose operations another transaction is still storing; elsewhere (SQLite) the update is a
+    compare-and-set on the status. Every query reads open rows or rows by primary key.
     """
     current = now or clock.now()
     lease = timedelta(seconds=lease_seconds or app_settings.LEASE_SECONDS)
     token = secrets.token_hex(16)
     using = _db_for_write()
-    qs = claimable(current).using(using)
+    rows = Operation.objects.using(using)
+    qs = rows.claimable(current)
     if ids is not None:
         qs = qs.filter(id__in=list(ids))
-    claimed_update = {
-        "status": Status.SENDING,
-        "lease_token": token,
-        "lease_expires_at": current + lease,
-        "attempts": F("attempts") + 1,
-    }
+    policy = RetryPolicy.from_settings()
     with transaction.atomic(using=using):
+        abandoned = list(
+            rows.abandoned(current, max_attempts=policy.max_attempts, max_age=policy.max_age)
+        )
+        if abandoned:
+            _kill_abandoned(abandoned, current, policy, using)
         if connections[using].features.has_select_for_update_skip_locked:
-            picked = list(
-                qs.select_for_update(skip_locked=True, of=("self",)).values_list("id", flat=True)[
-                    :limit
-                ]
-            )
-            if picked:
-                Operation.objects.using(using).filter(id__in=picked).update(**claimed_update)
+            picked = _lock_due(qs, limit, using)
         else:
-            candidates = list(qs.values_list("id", flat=True)[:limit])
-            if candidates:
-                Operation.objects.using(using).filter(id__in=candidates).filter(
-                    _due(current)
-                ).update(**claimed_update)
-        operations = list(Operation.objects.using(using).filter(lease_token=token).order_by("id"))
+            picked = list(qs.values_list("id", flat=True)[:limit])
+        if picked:
+            # On SQLite the due condition is the compare-and-set against a concurrent claim.
+            rows.filter(id__in=picked).due(current).lease(token, current + lease)
+        operations = list(rows.filter(id__in=picked, lease_token=token).order_by("id"))
     return Claim(
         token=token,
         operations=operations,
         expires_at=current + lease,
         lease_seconds=lease.total_seconds(),
     )
+
+
+def _lock_due(qs: QuerySet[Operation], limit: int, using: str) -> list[int]:
+    """Lock up to ``limit`` claimable rows (PostgreSQL); returns the ids that may be claimed.
+
+    A person whose operations another transaction is still storing (it holds the shared
+    advisory lock of :func:`_hold_person_order`) is skipped until that transaction ends: an
+    earlier operation of theirs may be uncommitted. For the others the earlier-open check is
+    made again in a new statement (a new snapshot), which sees everything committed before the
+    lock test. The test takes the exclusive lock and gives it back at once, so it never makes
+    an enqueuer wait (direct mode claims inside the caller's transaction).
+    """
+    candidates = list(
+        qs.select_for_update(skip_locked=True, of=("self",)).values_list("id", "person_key")[:limit]
+    )
+    if not candidates:
+        return []
+    persons = sorted({pkey for _, pkey in candidates})
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT k FROM unnest(%s::text[]) AS k WHERE CASE "
+            "WHEN pg_try_advisory_lock(%s, hashtext(k)) "
+            "THEN pg_advisory_unlock(%s, hashtext(k)) ELSE false END",
+            [persons, PERSON_LOCK_SPACE, PERSON_LOCK_SPACE],
+        )
+        free = {row[0] for row in cursor.fetchall()}
+    if len(free) < len(persons):
+        log.debug(
+            "cio: %d people wait for a transaction still storing their operations",
+            len(persons) - len(free),
+        )
+    ready = [pk for pk, pkey in candidates if pkey in free]
+    if not ready:
+        return []
+    return list(qs.filter(id__in=ready).values_list("id", flat=True))
+
+
+def _kill_abandoned(
+    operations: Sequence[Operation], now: datetime, policy: RetryPolicy, using: str
+) -> None:
+    ids = [op.pk for op in operations]
+    killed = Operation.objects.using(using).filter(id__in=ids)
+    if not killed.kill_abandoned(now, max_attempts=policy.max_attempts, max_age=policy.max_age):
+        return
+    done = dict(
+        Operation.objects.using(using)
+        .filter(id__in=ids, status=Status.DEAD, dead_at=now)
+        .values_list("id", "last_error")
+    )
+    metrics.record(dead=len(done), at=now)
+    for op in operations:
+        if op.pk in done:
+            op.status, op.last_error, op.dead_at = Status.DEAD, done[op.pk], now
+            log.warning(
+                "cio: operation %s is dead: its lease expired unacknowledged after %d attempts",
+                op.pk,
+                op.attempts,
+            )
+            _send_on_commit(signals.operation_dead, operation=op, reason=op.last_error)
 
 
 def request_budget() -> float:
@@ -556,12 +652,9 @@ def hold(claim_: Claim, operations: Sequence[Operation]) -> list[Operation]:
     """
     if claim_.expires_at is None or not operations:
         return list(operations)
-    now = clock.now()
-    expires_at = now + timedelta(seconds=max(claim_.lease_seconds, request_budget()))
+    expires_at = clock.now() + timedelta(seconds=max(claim_.lease_seconds, request_budget()))
     ids = [op.pk for op in operations]
-    renewed = Operation.objects.filter(
-        id__in=ids, lease_token=claim_.token, status=Status.SENDING
-    ).update(lease_expires_at=expires_at)
+    renewed = Operation.objects.filter(id__in=ids).renew(claim_.token, expires_at)
     claim_.expires_at = expires_at
     if renewed == len(ids):
         return list(operations)
@@ -584,16 +677,8 @@ def release(claim_: Claim, operations: Sequence[Operation], *, at: datetime | No
     if not operations:
         return 0
     return int(
-        Operation.objects.filter(
-            id__in=[op.pk for op in operations], lease_token=claim_.token
-        ).update(
-            status=Case(
-                When(attempts__lte=1, then=Value(Status.PENDING)), default=Value(Status.FAILED)
-            ),
-            attempts=F("attempts") - 1,
-            lease_token="",
-            lease_expires_at=None,
-            next_attempt_at=at or clock.now(),
+        Operation.objects.filter(id__in=[op.pk for op in operations]).release(
+            claim_.token, at or clock.now()
         )
     )
 
@@ -628,32 +713,15 @@ def ack_delivered(claim_: Claim, operations: Sequence[Operation], status_code: i
         return 0
     now = clock.now()
     ids = [op.pk for op in operations]
-    updates: dict[str, Any] = {
-        "status": Status.DELIVERED,
-        "delivered_at": now,
-        "lease_token": "",
-        "lease_expires_at": None,
-        "last_status_code": status_code,
-        "last_error": "",
-    }
-    if app_settings.SCRUB_DELIVERED:
-        from django.db.models import PositiveIntegerField
-
-        from django_cio_reliable.validation import json_bytes
-
-        unsized = [
-            When(pk=op.pk, then=Value(json_bytes(op.payload)))
-            for op in operations
-            if not op.payload_bytes and op.payload
-        ]
-        updates.update(payload={}, payload_erased_at=now)
-        if unsized:
-            updates["payload_bytes"] = Case(
-                *unsized, default=F("payload_bytes"), output_field=PositiveIntegerField()
-            )
+    scrub = app_settings.SCRUB_DELIVERED
+    sizes = [
+        (op.pk, json_bytes(op.payload))
+        for op in operations
+        if scrub and not op.payload_bytes and op.payload
+    ]
     with transaction.atomic(using=_db_for_write()):  # one commit for the row and its count
-        updated = int(
-            Operation.objects.filter(id__in=ids, lease_token=claim_.token).update(**updates)
+        updated: int = Operation.objects.filter(id__in=ids).deliver(
+            claim_.token, now, status_code=status_code, scrub=scrub, sizes=sizes
         )
         metrics.record(delivered=updated, at=now)
     acked = operations
@@ -723,21 +791,19 @@ def _ack_failed(
     """Reschedule or dead-letter one operation; returns its status and whether its lease held."""
     reason = _redact(str(error))
     age = (now - operation.created_at).total_seconds()
-    fenced = Operation.objects.filter(pk=operation.pk, lease_token=claim_.token)
-    if classify(error) == "dead" or policy.exhausted(operation.attempts, age):
-        if classify(error) != "dead":
-            reason = f"gave up after {operation.attempts} attempts over {age:.0f}s: {reason}"
-        updated = fenced.update(
-            status=Status.DEAD,
-            dead_at=now,
-            lease_token="",
-            lease_expires_at=None,
-            last_status_code=error.status,
-            last_error=_redact(reason),
+    fenced = Operation.objects.filter(pk=operation.pk)
+    permanent = classify(error) == "dead"
+    if permanent or policy.exhausted(operation.attempts, age):
+        if not permanent:
+            reason = _redact(
+                f"gave up after {operation.attempts} attempts over {age:.0f}s: {reason}"
+            )
+        updated = fenced.filter(lease_token=claim_.token).kill(
+            now, reason, last_status_code=error.status
         )
         if updated:
             operation.status = Status.DEAD
-            operation.last_error = _redact(reason)
+            operation.last_error = reason
             log.warning(
                 "cio: operation %s is dead (%s, status %s, attempt %d)",
                 operation.pk,
@@ -748,13 +814,8 @@ def _ack_failed(
             _send_on_commit(signals.operation_dead, operation=operation, reason=reason)
         return Status.DEAD, bool(updated)
     next_at = now + timedelta(seconds=policy.backoff(operation.attempts))
-    updated = fenced.update(
-        status=Status.FAILED,
-        next_attempt_at=next_at,
-        lease_token="",
-        lease_expires_at=None,
-        last_status_code=error.status,
-        last_error=reason,
+    updated = fenced.fail(
+        claim_.token, next_attempt_at=next_at, status_code=error.status, error=reason
     )
     if updated:
         operation.status = Status.FAILED
@@ -837,6 +898,9 @@ class Deliverer:
     limiter: RateLimiter
     should_stop: Callable[[], str] = field(default=lambda: "")
     breaker: Breaker = field(default_factory=get_breaker)
+    #: The longest a request waits for its rate-limit slot before the rest is handed back
+    #: (``None``: as long as it takes).
+    rate_wait: float | None = None
 
     def _batches(self, operations: Sequence[Operation]) -> list[list[Operation]]:
         """Group operations into requests: batches within the caps, oversized ones alone."""
@@ -891,7 +955,11 @@ class Deliverer:
                 result.paused = reason
                 result.stopped = stop
                 return result
-            self.limiter.acquire()
+            if not self.limiter.try_acquire(self.rate_wait):
+                self.breaker.cancel(permit)
+                result.released += release(claim_, remaining)
+                result.stopped = NO_RATE_SLOT
+                return result
             if permit is None:
                 permit = self.breaker.allow()
             if permit is None:
@@ -945,11 +1013,16 @@ class Deliverer:
                     error.status,
                 )
                 for position, op in enumerate(group):
+                    # Each of these is a request of its own: it honours the deadline and takes
+                    # its own rate-limit slot.
+                    stop = self.should_stop()
+                    if stop or not self.limiter.try_acquire(self.rate_wait):
+                        result.stopped = stop or NO_RATE_SLOT
+                        result.released += release(claim_, group[position:])
+                        return "refused"
                     if not hold(claim_, [op]):
                         result.lost_lease += 1
                         continue
-                    # Each of these is a request of its own: it takes its own rate-limit slot.
-                    self.limiter.acquire()
                     single = self._send_single(claim_, op, result, None)
                     if single in ("paused", "refused"):
                         first_unsent = position + 1 if single == "paused" else position
@@ -1059,6 +1132,7 @@ def drain(
     linger: float = 0.0,
     monotonic: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    rate_wait: float | None = None,
 ) -> DrainResult:
     """Deliver due operations until none is left, the time is up, or delivery is paused.
 
@@ -1073,6 +1147,8 @@ def drain(
             wait for it instead of returning.
         monotonic: Monotonic clock for the deadline.
         sleep: Used to wait for rate-limit slots.
+        rate_wait: Stop (handing back what is unsent) rather than wait longer than this for a
+            rate-limit slot (``None``: wait as long as it takes).
     """
     limit = max_seconds if max_seconds is not None else default_drain_seconds()
     deadline = monotonic() + limit
@@ -1091,6 +1167,7 @@ def drain(
         limiter=RateLimiter(sleep=sleep),
         should_stop=stop_reason,
         breaker=breaker,
+        rate_wait=rate_wait,
     )
     total = DrainResult()
     wanted = list(ids) if ids is not None else None
@@ -1160,9 +1237,9 @@ def next_due() -> datetime | None:
     """When the earliest waiting operation becomes due (``None`` when nothing waits)."""
     from django.db.models import Min
 
-    value: datetime | None = Operation.objects.filter(
-        status__in=[Status.PENDING, Status.FAILED]
-    ).aggregate(m=Min("next_attempt_at"))["m"]
+    value: datetime | None = Operation.objects.filter(status__in=lifecycle.WAITING).aggregate(
+        m=Min("next_attempt_at")
+    )["m"]
     return value
 
 
@@ -1204,41 +1281,26 @@ def default_drain_seconds() -> float:
 # --------------------------------------------------------------------------- replay and purge
 
 
-def replay(queryset: QuerySet[Operation], *, reset_attempts: bool = True) -> int:
+def replay(
+    queryset: QuerySet[Operation], *, reset_attempts: bool = True, delivered: bool = False
+) -> int:
     """Requeue the given operations (dead or still open) for immediate delivery.
 
     Operations currently being sent (a live lease) are skipped, and so are operations whose
     payload was erased (forgotten people, see :func:`django_cio_reliable.privacy.forget`):
     an emptied ``identify`` could recreate a deleted person. Event ids are kept, so a replay
-    of an event Customer.io already received is deduplicated by Customer.io.
+    of an event Customer.io already received is deduplicated by Customer.io. Delivered
+    operations are requeued only with ``delivered=True``.
     """
-    from django_cio_reliable.privacy import erased
-
-    now = clock.now()
-    updates: dict[str, Any] = {
-        "status": Status.PENDING,
-        "next_attempt_at": now,
-        "dead_at": None,
-        "lease_token": "",
-        "lease_expires_at": None,
-    }
-    if reset_attempts:
-        updates["attempts"] = 0
-    live_lease = Q(status=Status.SENDING, lease_expires_at__gte=now)
-    selected = (
-        queryset.exclude(live_lease)
-        .exclude(erased())
-        .filter(status__in=[Status.DEAD, Status.FAILED, Status.PENDING, Status.SENDING])
-    )
-    return int(selected.update(**updates))
+    rows = Operation.objects.filter(pk__in=queryset.values("pk"))
+    return int(rows.requeue(clock.now(), reset_attempts=reset_attempts, delivered=delivered))
 
 
 def mark_dead(queryset: QuerySet[Operation], reason: str) -> int:
-    """Dead-letter the given open operations with ``reason`` (an operator's decision)."""
-    now = clock.now()
+    """Dead-letter the given waiting operations with ``reason`` (an operator's decision)."""
     return int(
-        queryset.filter(status__in=[Status.PENDING, Status.FAILED]).update(
-            status=Status.DEAD, dead_at=now, last_error=_redact(reason)
+        Operation.objects.filter(pk__in=queryset.values("pk")).dead_letter(
+            clock.now(), _redact(reason)
         )
     )
 

@@ -22,19 +22,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from django.db import models, transaction
+from django.db import transaction
 from django.db.models import Q
-from django.db.models.functions import Coalesce
 
-from django_cio_reliable import clock, validation
+from django_cio_reliable import clock, outbox, validation
 from django_cio_reliable.idempotency import key_cache
+from django_cio_reliable.lifecycle import FORGOTTEN, erased_q
 from django_cio_reliable.models import IdempotencyKey, Operation
 
 log = logging.getLogger(__name__)
 
-Status = Operation.Status
-#: ``last_error`` of an operation cancelled by :func:`forget`.
-FORGOTTEN = "forgotten: payload erased on request"
+__all__ = ["FORGOTTEN", "ForgetResult", "erased", "forget"]
 
 
 def erased() -> Q:
@@ -42,7 +40,7 @@ def erased() -> Q:
 
     They are never sent again: replays skip them.
     """
-    return Q(payload_erased_at__isnull=False) | Q(last_error=FORGOTTEN)
+    return erased_q()
 
 
 @dataclass
@@ -88,7 +86,10 @@ def forget(customer_id: str | int, *, send_delete: bool = False) -> ForgetResult
         customer_id: The person's customer id (anonymous operations with the same id are
             erased too).
         send_delete: Also enqueue a Customer.io ``delete`` of the person (stored after the
-            erasure, so it is kept and delivered).
+            erasure, so it is kept and delivered). It goes through the outbox in every
+            ``DELIVERY`` mode, and while a request of the person may still be on its way
+            (an operation that was being sent) it is held until that request's lease ends,
+            so a late ``identify`` cannot recreate the deleted person.
 
     Returns:
         What was removed.
@@ -99,42 +100,21 @@ def forget(customer_id: str | int, *, send_delete: bool = False) -> ForgetResult
     cid = validation.customer_id(customer_id)
     now = clock.now()
     result = ForgetResult()
-    forgotten = {
-        "status": Status.DEAD,
-        "dead_at": now,
-        "payload": {},
-        "payload_erased_at": now,
-        "idempotency_key": "",
-        "last_error": FORGOTTEN,
-        "lease_token": "",
-        "lease_expires_at": None,
-    }
     with transaction.atomic():
-        ops = Operation.objects.filter(_person(cid))
-        # Open ones first: one that is acknowledged delivered meanwhile is erased below.
-        result.cancelled = ops.filter(status__in=[Status.PENDING, Status.FAILED]).update(
-            **forgotten
-        )
-        result.in_flight = ops.filter(status=Status.SENDING).update(**forgotten)
-        result.erased = (
-            ops.filter(status__in=[Status.DELIVERED, Status.DEAD])
-            .exclude(last_error=FORGOTTEN, dead_at=now)
-            .update(
-                payload={},
-                idempotency_key="",
-                payload_erased_at=Coalesce(
-                    "payload_erased_at", models.Value(now), output_field=models.DateTimeField()
-                ),
-            )
-        )
+        result.cancelled, result.in_flight, result.erased, lease_end = Operation.objects.filter(
+            _person(cid)
+        ).forget(now)
         keys = list(IdempotencyKey.objects.filter(person_key__in=[f"c:{cid}", f"a:{cid}"]))
         result.keys = IdempotencyKey.objects.filter(pk__in=[k.pk for k in keys]).delete()[0]
         for key in keys:
             key_cache.discard(key.key)
         if send_delete:
-            from django_cio_reliable import api
-
-            result.delete_operation_id = api.delete(cid).pk
+            # Stored in the outbox whatever DELIVERY says, and due only once the lease of a
+            # request still on its way has ended: a late identify must not recreate the person.
+            delete = outbox.enqueue(Operation.Kind.DELETE, cid, {})
+            if lease_end is not None:
+                Operation.objects.filter(pk=delete.pk).postpone(lease_end)
+            result.delete_operation_id = delete.pk
     log.info(
         "cio: forgot a person: %d cancelled, %d in flight ended, %d erased, %d keys",
         result.cancelled,

@@ -23,7 +23,7 @@ from django.utils import timezone
 from health_check.exceptions import ServiceWarning
 from health_check.views import HealthCheckView
 
-from django_cio_reliable import breaker, dashboard, outbox
+from django_cio_reliable import breaker, dashboard, lifecycle, outbox
 from django_cio_reliable.breaker import Snapshot
 from django_cio_reliable.dashboard import human_duration
 
@@ -37,7 +37,7 @@ DASHBOARD_PERMISSION = "django_cio_reliable.view_operation"
 BREAKER_PERMISSION = "django_cio_reliable.force_breaker"
 #: Statuses in the order the dashboard lists them.
 STATUSES = ("pending", "sending", "failed", "delivered", "dead")
-OPEN_STATUSES = ("pending", "sending", "failed")
+OPEN_STATUSES = lifecycle.OPEN
 
 
 class HealthView(HealthCheckView):  # type: ignore[misc]

@@ -25,7 +25,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
 from django_cio_reliable import breaker, clock, outbox
-from django_cio_reliable.conf import app_settings
+from django_cio_reliable.lifecycle import Status
 from django_cio_reliable.models import DeliveryState, Operation
 from django_cio_reliable.privacy import erased
 
@@ -37,14 +37,12 @@ EXIT_NOT_DELIVERED = 1
 EXIT_BAD_ARGUMENTS = 2
 EXIT_REFUSED = 3
 
-# The values of ``Operation.Status`` and ``DeliveryState.PauseReason`` used here, as plain
-# strings (the tests check they match the models).
-DEAD = "dead"
-FAILED = "failed"
-PENDING = "pending"
-SENDING = "sending"
-DELIVERED = "delivered"
-AUTH_PAUSE = "auth"
+DEAD = Status.DEAD
+FAILED = Status.FAILED
+PENDING = Status.PENDING
+SENDING = Status.SENDING
+DELIVERED = Status.DELIVERED
+AUTH_PAUSE = DeliveryState.PauseReason.AUTH
 
 #: Statuses ``--status`` accepts without further ado; ``delivered`` needs --include-delivered.
 REPLAYABLE = (DEAD, FAILED, PENDING)
@@ -251,30 +249,16 @@ def count_erased(selection: Selection) -> int:
 
 
 def requeue(ids: Sequence[int], statuses: Sequence[str], *, reset_attempts: bool) -> int:
-    """Requeue the operations ``ids`` that still have one of ``statuses``; returns how many.
-
-    Dead and open ones go through :func:`outbox.replay` (event ids kept, live leases skipped).
-    Delivered ones get the same treatment here because ``outbox.replay`` leaves them alone;
-    this belongs in :mod:`django_cio_reliable.outbox` as ``replay(..., include_delivered=True)``.
-    """
+    """Requeue the operations ``ids`` that still have one of ``statuses``; returns how many
+    (event ids kept, live leases and erased payloads skipped: see :func:`outbox.replay`)."""
     total = 0
     for start in range(0, len(ids), REQUEUE_CHUNK):
-        chunk = ids[start : start + REQUEUE_CHUNK]
-        rows = Operation.objects.filter(id__in=chunk)
-        open_or_dead = [s for s in statuses if s != DELIVERED]
-        if open_or_dead:
-            total += outbox.replay(
-                rows.filter(status__in=open_or_dead), reset_attempts=reset_attempts
-            )
-        if DELIVERED in statuses:
-            updates: dict[str, Any] = {
-                "status": PENDING,
-                "next_attempt_at": clock.now(),
-                "delivered_at": None,
-            }
-            if reset_attempts:
-                updates["attempts"] = 0
-            total += rows.filter(status=DELIVERED).exclude(erased()).update(**updates)
+        rows = Operation.objects.filter(id__in=ids[start : start + REQUEUE_CHUNK])
+        total += outbox.replay(
+            rows.filter(status__in=statuses),
+            reset_attempts=reset_attempts,
+            delivered=DELIVERED in statuses,
+        )
     return total
 
 
@@ -324,17 +308,11 @@ def _refuse_reason() -> str | None:
 def _override_refusal() -> str:
     """Lift what :func:`_refuse_reason` refused on (``--force``); returns what was done.
 
-    Lifting the credentials pause belongs in :mod:`django_cio_reliable.outbox` (``resume()``).
-    The circuit breaker is reset to automatic and closed for every worker, recorded as a
-    breaker event.
+    The credentials pause is lifted with :func:`outbox.resume`; the circuit breaker is reset
+    to automatic and closed for every worker, recorded as a breaker event.
     """
     done: list[str] = []
-    lifted = DeliveryState.objects.filter(
-        destination=app_settings.destination,
-        pause_reason=AUTH_PAUSE,
-        paused_until__isnull=False,
-    ).update(paused_until=None, pause_reason=DeliveryState.PauseReason.NONE)
-    if lifted:
+    if outbox.resume(AUTH_PAUSE):
         done.append("lifted the credentials pause for every worker")
     if _breaker_refusal() is not None:
         transition = breaker.get_breaker().force("auto", reason=FORCE_ACTOR)

@@ -13,14 +13,14 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from django_cio_reliable import breaker, clock, outbox
+from django_cio_reliable import breaker, clock, lifecycle, outbox
 
 EXIT_UNHEALTHY = 1
 EXIT_BAD_ARGUMENTS = 2
 
 #: Statuses in the order they are printed, and the ones still to be delivered.
 STATUSES = ("pending", "sending", "failed", "delivered", "dead")
-OPEN_STATUSES = ("pending", "sending", "failed")
+OPEN_STATUSES = lifecycle.OPEN
 
 PAUSE_REASONS = {
     "auth": "credentials rejected (401/403)",
