@@ -265,7 +265,9 @@ class Snapshot:
             earliest probe lease expiry while half-open with every slot taken; ``None`` when
             calls are admitted now, or when only an operator can close it (forced open).
         cooldown: The current cooldown in seconds (grows with each failed probe).
-        calls: Successes and failures in the sliding window.
+        calls: Successes and failures in the sliding window: those merged into the shared
+            row (by every process) plus this process's pending outcomes; the calls that
+            opened the breaker stay in it while open.
         failures: Failures in the window.
         slow_calls: Slow successes in the window.
         failure_rate: ``failures / calls`` (``0.0`` for an empty window).
@@ -275,8 +277,8 @@ class Snapshot:
         probes_in_flight: Live probe leases.
         probe_limit: ``BREAKER_HALF_OPEN_MAX_CALLS``.
         success_threshold: ``BREAKER_SUCCESS_THRESHOLD``.
-        pending_outcomes: Outcomes of this process not merged into the shared row yet (not
-            included in the counts above; ``snapshot(fresh=True)`` merges them first).
+        pending_outcomes: Outcomes of this process not merged into the shared row yet
+            (included in the counts above; ``snapshot(fresh=True)`` writes them first).
         updated_at: When the shared row last changed.
         read_at: When this process last read (or wrote) the shared row.
     """
@@ -517,6 +519,9 @@ class Breaker:
     def snapshot(self, fresh: bool = False) -> Snapshot:
         """The breaker's state, from the cache unless it is stale or ``fresh`` is set.
 
+        The window counts include this process's collected outcomes at once, merged or not
+        (working them in is done in memory: no query while the cache is fresh).
+
         Args:
             fresh: Read the shared row now (merging this process's collected outcomes first).
 
@@ -529,11 +534,15 @@ class Breaker:
             self._mutate(_unchanged, fallback=_none)
         with self._lock:
             cache = self._cache
-            pending = len(self._pending)
+            pending = list(self._pending)
         if cache is None:  # pragma: no cover - _mutate always leaves a cache
             cache = (_Row(core.BreakerState(), None, None), -math.inf, None)
         row, read_at = cache[0], cache[1]
         state = row.state
+        if pending:
+            # This process's outcomes not merged into the row yet count too (merged here in
+            # memory only, as the next flush will; nothing is written).
+            state, _ = self._merge(state, pending)
         machine = self.machine
         stats = machine.window(state, now)
         live = [expiry for _, expiry in row.state.probes if expiry > now]
@@ -563,7 +572,7 @@ class Breaker:
             probes_in_flight=len(live),
             probe_limit=machine.config.half_open_max_calls,
             success_threshold=machine.config.success_threshold,
-            pending_outcomes=pending,
+            pending_outcomes=len(pending),
             updated_at=row.updated_at,
             read_at=_to_datetime(read_at) if math.isfinite(read_at) else None,
         )

@@ -21,6 +21,9 @@ Rules, in short:
 - Late outcomes never corrupt the state: while open, every outcome is ignored; while half-open,
   only the outcome of a probe whose lease is still live counts; while closed, every success
   and failure is counted (a probe's outcome included).
+- The window keeps the calls that opened the breaker (automatically or forced): they stay in
+  it while open and half-open, age out like any call, and the window starts empty again when
+  the breaker closes from half-open or is reset (``force(..., "auto")``).
 - ``ignored`` outcomes (a 4xx caused by the payload) count as neither success nor failure; in
   half-open they free the probe's slot.
 """
@@ -640,7 +643,8 @@ class BreakerMachine:
         """Account for the outcome of a call that ended at ``now``.
 
         Closed (and forced closed / disabled): successes and failures are counted in the
-        window; in ``auto`` mode they may open the breaker. Open (and forced open): every
+        window; in ``auto`` mode they may open the breaker (the window keeps them: it shows
+        what opened it until they age out). Open (and forced open): every
         outcome is ignored, it describes the past. Half-open: only the outcome of a probe
         whose lease is live at ``now`` counts; anything else is a late report and ignored.
 
@@ -666,6 +670,7 @@ class BreakerMachine:
         reason = self._trip_reason(counted, now)
         if reason is None:
             return counted, None
+        # The window keeps the calls that opened the breaker, this one included (they age out).
         opened = _evolve(
             state,
             state="open",
@@ -673,7 +678,7 @@ class BreakerMachine:
             consecutive_failures=0,
             half_open_successes=0,
             probes=(),
-            buckets=(),
+            buckets=counted.buckets,
         )
         return opened, _transition(state, opened, reason, now)
 
@@ -682,7 +687,8 @@ class BreakerMachine:
     ) -> tuple[BreakerState, Transition | None]:
         """Switch the breaker's mode (an operator's action).
 
-        - ``forced_open``: every call is refused until the mode changes.
+        - ``forced_open``: every call is refused until the mode changes (the window keeps
+          the calls made before).
         - ``forced_closed``: every call is allowed; outcomes are counted but never trip it.
         - ``disabled``: metrics only, like ``forced_closed``.
         - ``auto``: automatic again, reset to closed with every counter cleared (also the
@@ -732,7 +738,6 @@ class BreakerMachine:
                 consecutive_failures=0,
                 half_open_successes=0,
                 probes=(),
-                buckets=(),
             )
         else:
             new = _evolve(

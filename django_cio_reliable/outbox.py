@@ -1218,6 +1218,10 @@ def drain(
             wanted = [i for i in wanted if i not in {op.pk for op in batch.operations}]
             if not wanted:
                 break
+    if total.requests and not connections[_db_for_write()].in_atomic_block:
+        # An idle worker would keep its outcomes to itself until its next call: share them now
+        # (one query), so every process's view of the breaker's window counts them.
+        breaker.flush()
     return total
 
 

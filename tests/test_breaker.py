@@ -633,7 +633,7 @@ def test_snapshot_describes_the_breaker(fake_clock: FakeClock) -> None:
         assert permit is not None
         b.record(permit, outcome)
     assert b.snapshot().pending_outcomes == 3
-    assert b.snapshot().calls == 0  # not merged yet
+    assert b.snapshot().calls == 3  # not merged yet, but counted
     snapshot = b.snapshot(fresh=True)
     assert snapshot.state == "closed"
     assert (snapshot.calls, snapshot.failures, snapshot.consecutive_failures) == (3, 1, 1)
@@ -657,6 +657,75 @@ def test_snapshot_describes_the_breaker(fake_clock: FakeClock) -> None:
     assert snapshot.retry_at == fake_clock.now() + timedelta(seconds=15)
     b.force("forced_open")
     assert b.snapshot().label == "forced_open"
+
+
+def call(b: Breaker, outcome: Outcome = OK) -> None:
+    permit = b.allow()
+    assert permit is not None
+    b.record(permit, outcome)
+
+
+@db
+def test_snapshot_counts_outcomes_not_merged_yet_at_once(
+    fake_clock: FakeClock, django_assert_num_queries: Any
+) -> None:
+    b = make()
+    for _ in range(7):
+        call(b)
+    with django_assert_num_queries(0):  # from the cache: no flush, no read
+        snapshot = b.snapshot()
+    assert snapshot.pending_outcomes == 7
+    assert (snapshot.calls, snapshot.failures, snapshot.failure_rate) == (7, 0, 0.0)
+    call(b, FAIL)
+    snapshot = b.snapshot()
+    assert (snapshot.calls, snapshot.failures, snapshot.consecutive_failures) == (8, 1, 1)
+    assert BreakerState.objects.get().data["buckets"] == []  # still only collected
+
+
+@db
+def test_calls_seconds_apart_inside_the_window_are_all_counted(fake_clock: FakeClock) -> None:
+    b = make()
+    seen = []
+    for _ in range(3):
+        call(b)
+        seen.append(b.snapshot().calls)
+        fake_clock.advance(4)
+    assert seen == [1, 2, 3]
+    assert b.snapshot(fresh=True).calls == 3
+
+
+@db
+def test_snapshot_after_opening_shows_the_calls_that_opened_it(fake_clock: FakeClock) -> None:
+    b = make()
+    call(b)
+    call(b)
+    trip(b, 5)
+    for snapshot in (b.snapshot(), b.snapshot(fresh=True)):
+        assert snapshot.state == "open"
+        assert (snapshot.calls, snapshot.failures) == (7, 5)
+        assert snapshot.failure_rate == pytest.approx(5 / 7)
+    fake_clock.advance(61)  # they age out of the window like any call
+    assert b.snapshot().calls == 0
+
+
+@db
+def test_another_process_counts_what_one_merged_even_after_it_opened(
+    fake_clock: FakeClock,
+) -> None:
+    first, second = make(), make()
+    for _ in range(3):
+        call(first)
+    first.flush()
+    call(second)
+    call(second)  # collected, not merged
+    assert second.snapshot().calls == 5  # the row's 3 and its own 2
+    assert first.snapshot(fresh=True).calls == 3
+    second.flush()
+    assert first.snapshot(fresh=True).calls == 5
+    trip(second, 5)  # merged at once: it opens
+    snapshot = first.snapshot(fresh=True)
+    assert snapshot.state == "open"
+    assert (snapshot.calls, snapshot.failures, snapshot.failure_rate) == (10, 5, 0.5)
 
 
 @db

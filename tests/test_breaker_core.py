@@ -343,6 +343,38 @@ def test_clock_behind_another_process_counts_into_the_newest_bucket() -> None:
     assert machine.window(state, T0).calls == 2
 
 
+def test_opening_keeps_the_calls_that_opened_it_in_the_window() -> None:
+    machine = BreakerMachine()
+    state, _ = record_all(machine, BreakerState(), [OK, OK], T0 - 6)
+    state, transitions = record_all(machine, state, [FAIL] * 5, T0 - 4)
+    assert state.state == "open"
+    assert [t.reason for t in transitions] == ["5 consecutive failures"]
+    stats = machine.window(state, T0)
+    assert (stats.calls, stats.failures) == (7, 5)
+    assert stats.failure_rate == pytest.approx(5 / 7)
+    # Kept through half-open (probes do not count in it), aged out like any call...
+    probing, now = half_open(machine, state)
+    assert machine.window(probing, now).calls == 7
+    assert machine.window(probing, T0 + 61).calls == 0
+    # ... and cleared when the breaker closes again.
+    for index in range(3):
+        probing, _ = machine.acquire_probe(probing, now, f"p{index}")
+        probing, _ = machine.record(probing, OK, now, f"p{index}")
+    assert probing.state == "closed"
+    assert probing.buckets == ()
+
+
+def test_a_rate_trip_and_forcing_open_keep_the_window() -> None:
+    machine = BreakerMachine(BreakerConfig(consecutive_failures=0, minimum_calls=10))
+    state, transitions = record_all(machine, BreakerState(), [OK, FAIL] * 5, T0)
+    assert [t.reason for t in transitions] == ["failure rate 50% over 10 calls in 60s"]
+    stats = machine.window(state, T0 + 9)
+    assert (stats.calls, stats.failures, stats.failure_rate) == (10, 5, 0.5)
+    closed, _ = record_all(machine, BreakerState(), [OK, FAIL, FAIL], T0)
+    forced, _ = machine.force(closed, "forced_open", T0 + 3)
+    assert machine.window(forced, T0 + 3) == machine.window(closed, T0 + 3)
+
+
 def test_slow_calls_trip_when_enabled() -> None:
     config = BreakerConfig(
         consecutive_failures=0,

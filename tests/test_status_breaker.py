@@ -12,6 +12,8 @@ from django.core.management.base import CommandError
 
 from django_cio_reliable import breaker
 from django_cio_reliable.breaker import get_breaker
+from django_cio_reliable.breaker_core import Outcome
+from tests.fakes import FakeClock
 
 pytestmark = pytest.mark.django_db
 
@@ -48,3 +50,23 @@ def test_forced_open_breaker_is_reported_and_fails_the_check() -> None:
     data = json.loads(status("--json"))
     assert (data["breaker"]["state"], data["breaker"]["mode"]) == ("open", "forced_open")
     assert data["ok"] is True  # no --fail-on-breaker: reported, not failed
+
+
+def test_the_window_shows_this_process_calls_and_the_failures_that_opened_it(
+    fake_clock: FakeClock,
+) -> None:
+    b = get_breaker()
+    for _ in range(2):
+        permit = b.allow()
+        assert permit is not None
+        b.record(permit, Outcome.success(0.01))
+    report = json.loads(status("--json"))["breaker"]
+    assert (report["state"], report["calls_in_window"]) == ("closed", 2)
+    for _ in range(5):
+        permit = b.allow()
+        assert permit is not None
+        b.record(permit, Outcome.failure(0.01))
+    report = json.loads(status("--json"))["breaker"]
+    assert (report["state"], report["calls_in_window"]) == ("open", 7)
+    assert report["failure_rate"] == round(5 / 7, 3)
+    assert "Circuit breaker: open" in status()
