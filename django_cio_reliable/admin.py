@@ -24,13 +24,14 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
+from django.db import connections
 from django.db.models import QuerySet
 from django.http import (
     Http404,
@@ -43,12 +44,10 @@ from django.http import (
 )
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
-from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import url_has_allowed_host_and_scheme
 
-from django_cio_reliable import breaker, lifecycle, outbox, views
-from django_cio_reliable.conf import app_settings
+from django_cio_reliable import breaker, clock, dispatch, lifecycle, outbox, views
 from django_cio_reliable.models import (
     BreakerEvent,
     BreakerState,
@@ -105,14 +104,6 @@ def _destination_host(destination: str) -> str:
     return destination.split("#", 1)[0]
 
 
-def _kick() -> None:
-    """Get requeued operations picked up soon (the drain schedule does it otherwise)."""
-    if app_settings.DISPATCH == "task":
-        from django_cio_reliable import dispatch
-
-        dispatch.kicker.kick()
-
-
 def breaker_blocks() -> str:
     """Why the breaker lets nothing through right now (empty when it may admit a call)."""
     snapshot = breaker.get_breaker().snapshot(fresh=True)
@@ -122,7 +113,7 @@ def breaker_blocks() -> str:
         snapshot.mode == "auto"
         and snapshot.state == "open"
         and snapshot.retry_at is not None
-        and snapshot.retry_at > timezone.now()
+        and snapshot.retry_at > clock.now()
     ):
         return "the breaker is open"
     return ""
@@ -145,6 +136,17 @@ class ReadOnlyMixin:
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         """Nothing is deleted by hand (retention purges; ``cio_forget`` erases a person)."""
         return False
+
+
+_View = TypeVar("_View", bound=Callable[..., Any])
+
+
+def _outside_request_transactions(view: _View) -> _View:
+    """Exempt ``view`` from ``ATOMIC_REQUESTS`` on every database: its *replay now* delivers,
+    and the breaker, rate-limit and count rows are never written inside a request's
+    transaction (no other request or worker may wait for it)."""
+    view._non_atomic_requests = set(connections.settings)  # type: ignore[attr-defined]
+    return view
 
 
 class OperationAdmin(ReadOnlyMixin, OperationBase):
@@ -279,6 +281,7 @@ class OperationAdmin(ReadOnlyMixin, OperationBase):
         response["X-Content-Type-Options"] = "nosniff"
         return response
 
+    @_outside_request_transactions
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
@@ -337,7 +340,7 @@ class OperationAdmin(ReadOnlyMixin, OperationBase):
                 if reason == DeliveryState.PauseReason.AUTH
                 else "delivery is paused after a 429"
             )
-            _kick()
+            dispatch.kick_drain()
             self.message_user(
                 request,
                 f"Requeued {_plural(requeued, 'operation')} but sent nothing: {why}. The worker "
@@ -356,7 +359,7 @@ class OperationAdmin(ReadOnlyMixin, OperationBase):
             text += f", {waiting} left for the worker"
             if result.breaker:
                 text += f" (the breaker is {result.breaker.replace('_', ' ')})"
-            _kick()
+            dispatch.kick_drain()
         level = messages.SUCCESS if outcome["delivered"] == len(ids) else messages.WARNING
         self.message_user(request, text + ".", level)
 
@@ -372,7 +375,7 @@ class OperationAdmin(ReadOnlyMixin, OperationBase):
         requeued = outbox.replay(Operation.objects.filter(pk__in=ids))
         log.info("cio: %d operations requeued by %s", requeued, request.user)
         if requeued:
-            _kick()
+            dispatch.kick_drain()
         skipped = len(ids) - requeued
         text = f"Requeued {_plural(requeued, 'operation')}."
         if skipped > 0:
@@ -469,7 +472,7 @@ class IdempotencyKeyAdmin(ReadOnlyMixin, IdempotencyKeyBase):
     @admin.display(description="live", boolean=True)
     def live(self, obj: IdempotencyKey) -> bool:
         """Whether the key still guards against duplicates."""
-        return bool(obj.expires_at > timezone.now())
+        return bool(obj.expires_at > clock.now())
 
 
 class DeliveryStateAdmin(ReadOnlyMixin, DeliveryStateBase):

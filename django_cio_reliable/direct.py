@@ -1,11 +1,22 @@
 """``DELIVERY="direct"``: send in the request, store for the drain on any failure.
 
-The operation is stored first (in the caller's transaction), then delivered at once through the
-same path as the drain (:func:`django_cio_reliable.outbox.drain` for this one operation: claim,
-send, classify, acknowledge), with at most ``DIRECT_ATTEMPTS`` tries, each bounded by the
-configured timeouts. Success marks it delivered; any failure leaves it to the drain (or
-dead-letters it for a permanent error). Unlike the outbox mode, a crash in the middle of the
-call, or a rollback after it, cannot undo a request that already reached Customer.io.
+The operation is stored first (in the caller's transaction), then delivered in the request
+through the same path as the drain (:func:`django_cio_reliable.outbox.drain` for this one
+operation: claim, send, classify, acknowledge), with at most ``DIRECT_ATTEMPTS`` tries, each
+bounded by the configured timeouts. Success marks it delivered; any failure leaves it to the
+drain (or dead-letters it for a permanent error).
+
+When:
+
+- **no transaction is open** (autocommit), it is sent before the call returns;
+- **a transaction is open** (``transaction.atomic``, ``ATOMIC_REQUESTS``), it is sent right after
+  that transaction commits, still in the same thread: nothing the fleet shares (the breaker, the
+  rate limit, the dashboard's counts) is ever written inside the caller's transaction, so no
+  other request or worker waits for it, and a rolled-back operation is never sent. The
+  operation returned is then still ``pending``; it is updated in place once sent.
+
+Unlike the outbox mode, a crash in the middle of the call cannot undo a request that already
+reached Customer.io.
 
 While the circuit breaker refuses (open, forced open) the operation is only stored and the call
 returns at once, with no request and no query for the breaker. The claim leaves the operation to
@@ -19,6 +30,8 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+
+from django.db import connections, transaction
 
 from django_cio_reliable import clock, outbox
 from django_cio_reliable.breaker import get_breaker
@@ -52,6 +65,19 @@ def send_or_store(
     )
     if not created or get_breaker().refusing():
         return operation
+    using = operation._state.db or "default"
+    if connections[using].in_atomic_block:
+        # Shared state (breaker, rate limit, counts) is never written inside the caller's
+        # transaction, and a rolled-back operation must never be sent: deliver after commit.
+        transaction.on_commit(lambda: _deliver(operation), using=using, robust=True)
+    else:
+        _deliver(operation)
+    return operation
+
+
+def _deliver(operation: Operation) -> None:
+    """Deliver one stored, committed operation now: at most ``DIRECT_ATTEMPTS`` tries through
+    the drain's path; whatever fails is left to the drain. Updates ``operation`` in place."""
     budget = app_settings.TIMEOUT + app_settings.CONNECT_TIMEOUT + DIRECT_MAX_RATE_WAIT
     for _ in range(max(1, app_settings.DIRECT_ATTEMPTS)):
         result = outbox.drain(
@@ -68,4 +94,3 @@ def send_or_store(
             operation.pk,
             operation.status,
         )
-    return operation

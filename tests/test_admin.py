@@ -567,3 +567,31 @@ def test_url_names() -> None:
     assert reverse("admin:django_cio_reliable_operation_dashboard") == DASHBOARD
     assert reverse("admin:django_cio_reliable_breakerstate_force") == FORCE
     assert reverse("django_cio_reliable:health") == "/health/cio/"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_replay_now_sends_outside_the_request_transaction(
+    admin_client: Client, fake_cio: FakeCustomerIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under ATOMIC_REQUESTS the admin's *replay now* still writes the shared rows (breaker,
+    rate limit, counts) outside any transaction of the request: its view is exempted."""
+    from django.db import connection
+
+    from django_cio_reliable import transport
+
+    monkeypatch.setitem(connection.settings_dict, "ATOMIC_REQUESTS", True)
+    seen: list[bool] = []
+    for name in ("send", "send_batch"):
+        original = getattr(transport.Transport, name)
+
+        def spying(self: transport.Transport, *args: Any, _sent: Any = original) -> Any:
+            seen.append(connection.in_atomic_block)
+            return _sent(self, *args)
+
+        monkeypatch.setattr(transport.Transport, name, spying)
+    dead = store(status="dead")
+    response = action(admin_client, OPERATIONS, "replay_now", [dead])
+    assert messages_of(response) == [
+        "Requeued 1 operation: 1 delivered, 0 failed (will be retried), 0 dead."
+    ]
+    assert seen == [False]

@@ -993,7 +993,7 @@ def test_slow_calls_open_it_when_configured(server: FakeCustomerIO, settings: An
 # --------------------------------------------------------------------------- other paths
 
 
-@db
+@tx
 def test_direct_mode_with_an_open_breaker_stores_and_sends_nothing(
     server: FakeCustomerIO, fake_clock: FakeClock, settings: Any
 ) -> None:
@@ -1014,7 +1014,7 @@ def test_direct_mode_with_an_open_breaker_stores_and_sends_nothing(
     assert drain().delivered == 1
 
 
-@db
+@tx
 def test_direct_mode_failures_count_and_open_it(
     server: FakeCustomerIO, fake_clock: FakeClock, settings: Any
 ) -> None:

@@ -98,7 +98,7 @@ def test_no_rate_slot_soon_stores_for_the_drain_without_waiting(
     """The drain reserved the shared rate limit far ahead: a web request must not queue."""
     settings.CIO_RELIABLE = {**settings.CIO_RELIABLE, "RATE_LIMIT": 1}
     outbox.delivery_state()
-    DeliveryState.objects.update(rate_tat=clock.wall() + 60)
+    DeliveryState.objects.update(rate_tat=clock.wall() + 30)
     slept: list[float] = []
     limiter = outbox.RateLimiter(sleep=slept.append)
     assert limiter.try_acquire(0.25) is False
@@ -109,12 +109,20 @@ def test_no_rate_slot_soon_stores_for_the_drain_without_waiting(
     assert slept == []
 
 
-def test_rollback_after_a_direct_send_still_reached_customer_io(direct: FakeCustomerIO) -> None:
-    """What the README says direct mode cannot keep: the request went out before the rollback."""
+def test_inside_a_transaction_it_sends_after_commit_and_a_rollback_sends_nothing(
+    direct: FakeCustomerIO,
+) -> None:
+    """Nothing shared is written inside the caller's transaction: the send waits for commit."""
     with pytest.raises(RuntimeError), transaction.atomic():
         cio.identify("p", {"plan": "pro"})
         raise RuntimeError("the view failed after the call")
     assert Operation.objects.count() == 0
+    assert direct.requests == []
+
+    with transaction.atomic():
+        op = cio.identify("p", {"plan": "pro"})
+        assert (op.status, direct.requests) == (Status.PENDING, [])
+    assert op.status == Status.DELIVERED  # updated in place after the commit
     assert direct.people() == {"p": {"plan": "pro"}}
 
 
