@@ -17,8 +17,8 @@ and shares it between processes:
   processes therefore see a trip within about ``BREAKER_CACHE_SECONDS``.
 - **Probes are leases** stored in the row: a probe whose process hangs or dies frees its slot
   after ``BREAKER_PROBE_LEASE_SECONDS``.
-- **Time** is the wall clock of :func:`django_cio_reliable.clock.now` (Unix seconds), the same
-  in every process; tests replace it with a fake clock.
+- **Time** is the database's time (:func:`django_cio_reliable.clock.now`, Unix seconds), the
+  same in every process whatever the hosts' clocks say; tests replace it with a fake clock.
 - **Every transition** (state or mode) is stored as a :class:`~django_cio_reliable.models.
   BreakerEvent` in the same transaction as the row update, and sent as
   :data:`~django_cio_reliable.signals.breaker_state_changed` after commit.
@@ -37,7 +37,6 @@ import logging
 import math
 import os
 import threading
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -98,12 +97,12 @@ _default_now = clock.now
 def _now() -> float:
     """The breaker clock: Unix seconds of :func:`django_cio_reliable.clock.now`.
 
-    While that is the real clock, ``time.time()`` gives the same reading without building a
-    datetime (the closed-state check is made on every call); a replaced ``clock.now`` (a test's
-    fake clock) is honoured.
+    While that is the real clock, :func:`~django_cio_reliable.clock.wall` gives the same
+    reading without building a datetime (the closed-state check is made on every call); a
+    replaced ``clock.now`` (a test's fake clock) is honoured.
     """
     if clock.now is _default_now:
-        return time.time()
+        return clock.wall()
     return clock.now().timestamp()
 
 
@@ -507,14 +506,7 @@ class Breaker:
             new, transition = self.machine.force(state, target, now)
             return _Changed(new, (transition,) if transition else (), transition)
 
-        transition = self._mutate(change, user=user, note=reason)
-        if transition is not None and target != "forced_open":
-            # Calls are admitted again: start a drain now instead of waiting for the next
-            # commit or the schedule.
-            from django_cio_reliable import dispatch
-
-            transaction.on_commit(dispatch.kick_drain, using=self.using)
-        return transition
+        return self._mutate(change, user=user, note=reason)
 
     def snapshot(self, fresh: bool = False) -> Snapshot:
         """The breaker's state, from the cache unless it is stale or ``fresh`` is set.
@@ -645,10 +637,11 @@ class Breaker:
         return _Row(state, open_since, updated_at)
 
     def _remember(self, row: _Row, now: float) -> None:
-        """Cache ``row`` (called with the lock held, pending outcomes already merged)."""
-        self._local = row.state
-        self._streak_broken = False
-        self._cache = (row, now, self.machine.retry_at(row.state))
+        """Cache ``row`` (the outcomes merged into it already taken out of the pending ones)."""
+        with self._lock:
+            self._local = row.state
+            self._streak_broken = False
+            self._cache = (row, now, self.machine.retry_at(row.state))
 
     def _mutate(
         self,
@@ -666,16 +659,19 @@ class Breaker:
         :data:`CAS_ATTEMPTS` lost races, returns ``fallback()`` (or raises
         :class:`BreakerConflict` without one).
         """
+        # Take this process's collected outcomes out, so no other thread merges them too; no
+        # lock is held over the database (the compare-and-set orders the writers).
         with self._lock:
+            merged, self._pending = self._pending, []
+        try:
             for _ in range(CAS_ATTEMPTS):
                 now = _now()
                 row = self._load()
-                merged = list(self._pending)
                 state, automatic = self._merge(row.state, merged)
                 changed = change(state, now)
                 new = changed.state
                 if new.version == row.state.version:
-                    del self._pending[: len(merged)]
+                    merged = []
                     self._remember(row, now)
                     return changed.result
                 stored = self._write(
@@ -686,7 +682,7 @@ class Breaker:
                     now,
                 )
                 if stored is not None:
-                    del self._pending[: len(merged)]
+                    merged = []
                     self._remember(stored, now)
                     return changed.result
             log.warning(
@@ -695,6 +691,10 @@ class Breaker:
                 CAS_ATTEMPTS,
             )
             self.invalidate()
+        finally:
+            if merged:  # not stored: give them back, in order, for the next merge
+                with self._lock:
+                    self._pending[:0] = merged
         if fallback is None:
             raise BreakerConflict(
                 f"the breaker changed {CAS_ATTEMPTS} times while this change was being made"

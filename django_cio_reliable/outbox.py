@@ -55,6 +55,10 @@ LINGER_POLL = 0.25
 RATE_HEADROOM = 0.05
 #: A request that cannot start within this many seconds of its slot takes a new slot.
 RATE_LATE_TOLERANCE = 0.02
+#: The longest a request waits for a rate-limit slot (see :meth:`RateLimiter.longest_wait`):
+#: a shared slot time further ahead was written from a clock that is off, and is reset.
+RATE_MAX_WAIT = 10.0
+RATE_MAX_WAIT_SLOTS = 50
 #: How many slots one request reserves at most before it sends anyway.
 RATE_MAX_RESERVATIONS = 20
 #: :attr:`DrainResult.stopped` when no rate-limit slot was free within ``rate_wait``.
@@ -314,13 +318,12 @@ def _enqueue_keyed(
 
 
 def _on_commit_enqueued(operation: Operation, key: str | None, using: str) -> None:
+    """After commit: remember the key, and announce the operation (``dispatch`` listens)."""
+
     def committed() -> None:
         if key:
             key_cache.put(key, operation)
         signals.operation_enqueued.send_robust(sender=Operation, operation=operation)
-        from django_cio_reliable import dispatch
-
-        dispatch.operation_committed(operation)
 
     transaction.on_commit(committed, using=using)
 
@@ -412,6 +415,12 @@ class RateLimiter:
         """Seconds between two slots."""
         return (1.0 + RATE_HEADROOM) / app_settings.RATE_LIMIT
 
+    @classmethod
+    def longest_wait(cls) -> float:
+        """The longest any request waits for its slot: :data:`RATE_MAX_WAIT` seconds, or
+        :data:`RATE_MAX_WAIT_SLOTS` slots when they take longer (a very low ``RATE_LIMIT``)."""
+        return max(RATE_MAX_WAIT, RATE_MAX_WAIT_SLOTS * cls.interval())
+
     def reserve(self, count: int = 1, *, max_wait: float | None = None) -> float | None:
         """Reserve ``count`` request slots; return the time (clock units) the first may start.
 
@@ -431,6 +440,13 @@ class RateLimiter:
             )
             now = self.clock()
             start = max(float(row[1]), now)
+            if start - now > self.longest_wait():
+                # Set from a clock far ahead of the database's (or by hand): nobody waits for it.
+                log.warning(
+                    "cio: the shared rate-limit slot was %.0f s ahead; starting again from now",
+                    start - now,
+                )
+                start = now
             if max_wait is not None and start - now > max_wait:
                 return None
             DeliveryState.objects.using(using).filter(pk=row[0]).update(

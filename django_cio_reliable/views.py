@@ -23,7 +23,7 @@ from django.utils import timezone
 from health_check.exceptions import ServiceWarning
 from health_check.views import HealthCheckView
 
-from django_cio_reliable import breaker, dashboard, lifecycle, outbox
+from django_cio_reliable import breaker, clock, dashboard, lifecycle, outbox
 from django_cio_reliable.breaker import Snapshot
 from django_cio_reliable.dashboard import human_duration
 
@@ -85,7 +85,7 @@ def _when(moment: datetime | None) -> str:
 
 def breaker_facts(snapshot: Snapshot) -> list[tuple[str, str]]:
     """The rows of the breaker panel, as ``(label, text)``."""
-    now = timezone.now()
+    now = clock.now()
     facts = [
         ("opened at", _when(snapshot.opened_at)),
         (
