@@ -29,7 +29,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
-from django_cio_reliable import clock
+from django_cio_reliable import clock, metrics
 from django_cio_reliable.models import Operation
 
 #: Windows the dashboard offers, in hours.
@@ -160,8 +160,6 @@ def collect_throughput(
     Returns:
         The buckets and their width in minutes.
     """
-    from django_cio_reliable import metrics
-
     current = now or clock.now()
     minutes = bucket_minutes_for(hours)
     since = window_start(current, hours=hours, bucket_minutes=minutes)

@@ -23,6 +23,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from django.dispatch import receiver
+
+from django_cio_reliable import lifecycle, outbox, signals
+from django_cio_reliable.breaker import get_breaker
 from django_cio_reliable.conf import app_settings, on_reset
 
 if TYPE_CHECKING:
@@ -127,9 +131,22 @@ on_reset(kicker.reset)
 _inline = threading.local()
 
 
+@receiver(signals.operation_enqueued, dispatch_uid="django_cio_reliable.dispatch.enqueued")
+def _enqueued(sender: Any, operation: Operation, **kwargs: Any) -> None:
+    operation_committed(operation)
+
+
+@receiver(signals.breaker_state_changed, dispatch_uid="django_cio_reliable.dispatch.breaker")
+def _breaker_changed(sender: Any, new_state: str, new_mode: str, **kwargs: Any) -> None:
+    if new_state != "open" and new_mode != "forced_open":
+        # Calls are admitted again (a reset, a forced close, a cooldown over): start a drain
+        # now instead of waiting for the next commit or the schedule.
+        kick_drain()
+
+
 def operation_committed(operation: Operation) -> None:
     """Called once the transaction that stored ``operation`` committed."""
-    if operation.status not in ("pending", "failed"):
+    if operation.status not in lifecycle.WAITING:
         return
     if app_settings.DISPATCH == "inline":
         _deliver_inline(operation.pk)
@@ -145,8 +162,6 @@ def kick_drain() -> None:
 
 
 def _deliver_inline(operation_id: int) -> None:
-    from django_cio_reliable.breaker import get_breaker
-
     if get_breaker().refusing():
         # Open breaker: stored and committed; the drain delivers it once the breaker lets it.
         return
@@ -157,8 +172,6 @@ def _deliver_inline(operation_id: int) -> None:
         return
     _inline.running = True
     try:
-        from django_cio_reliable import outbox
-
         while _inline.pending:
             ids, _inline.pending = _inline.pending, []
             try:

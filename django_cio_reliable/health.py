@@ -39,6 +39,7 @@ from django_cio_reliable.conf import app_settings, on_reset
 from django_cio_reliable.dashboard import human_duration
 from django_cio_reliable.exceptions import DeliveryError
 from django_cio_reliable.models import DeliveryState, Operation
+from django_cio_reliable.transport import get_transport
 
 log = logging.getLogger(__name__)
 
@@ -355,8 +356,6 @@ def reset_probe_cache() -> None:
 
 
 def _run_probe() -> ProbeResult:
-    from django_cio_reliable.transport import get_transport
-
     try:
         get_transport().check_credentials()
     except DeliveryError as error:
