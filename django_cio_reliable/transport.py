@@ -13,7 +13,9 @@ outbox's guarantees:
 * it only builds ``https://`` URLs — here ``TRACK_URL`` may be ``http://127.0.0.1:PORT``.
 
 Redirects are never followed (a 3xx is a transient error), connect and read timeouts are
-separate, and at most ``MAX_ERROR_BODY_BYTES`` of an error body is read.
+separate, every call is over by ``connect_timeout + read_timeout`` whatever the server does
+(one deadline for connect, headers and body), and at most ``MAX_ERROR_BODY_BYTES`` of an
+error body is read.
 
 See ``docs/transport.md``.
 """
@@ -21,13 +23,17 @@ See ``docs/transport.md``.
 from __future__ import annotations
 
 import base64
+import contextlib
+import heapq
 import http
 import http.client
+import itertools
 import json
 import logging
 import math
 import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -40,6 +46,8 @@ from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
+import urllib3.connection
 import urllib3.exceptions
 from customerio import CustomerIO
 from customerio.client_base import TCPKeepAliveHTTPAdapter
@@ -438,6 +446,154 @@ def _error_text(error: Any) -> str:
     return ""
 
 
+# --------------------------------------------------------------------------- one deadline per call
+
+
+class _Deadline:
+    """When one call must be over, and the connections it has used so far."""
+
+    __slots__ = ("at", "connections", "done", "expired")
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+        self.connections: list[urllib3.connection.HTTPConnection] = []
+        self.done = False
+        self.expired = False
+
+    def passed(self) -> bool:
+        return self.expired or time.monotonic() >= self.at
+
+
+def _cut(connection: urllib3.connection.HTTPConnection) -> None:
+    """Shut the connection's socket down: a read or write blocked on it returns at once."""
+    sock = connection.sock
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            # The plain socket's shutdown: ssl.SSLSocket's own would also drop its TLS object
+            # under the thread that is reading from it.
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _Watchdog:
+    """One daemon thread that cuts the connections of every call still running at its deadline.
+
+    requests' read timeout bounds each read, not the answer: a server sending a byte now and
+    then holds a call for ever. So each call starts a deadline here; the connections urllib3
+    opens or reuses for it attach themselves (from the calling thread); when the deadline
+    passes before the call has finished, their sockets are shut down, the blocked read returns,
+    and the call fails as a ``timeout``. Nothing is ever cut after :meth:`finish`.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        # Also run in a forked child: the thread is gone there, and the lock may be held.
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, _Deadline]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._local = threading.local()
+
+    def start(self, seconds: float) -> _Deadline:
+        """Start this thread's call, which must be over in ``seconds``."""
+        deadline = _Deadline(time.monotonic() + seconds)
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="cio-transport-deadlines", daemon=True
+                )
+                self._thread.start()
+            heapq.heappush(self._heap, (deadline.at, next(self._order), deadline))
+            if self._heap[0][2] is deadline:
+                self._cond.notify()
+        self._local.deadline = deadline
+        return deadline
+
+    def finish(self, deadline: _Deadline) -> None:
+        """End this thread's call: its connections are no longer watched."""
+        self._local.deadline = None
+        with self._cond:
+            deadline.done = True
+            deadline.connections.clear()
+
+    def attach(self, connection: urllib3.connection.HTTPConnection) -> None:
+        """Put ``connection`` under the deadline of this thread's call, if one is running."""
+        deadline: _Deadline | None = getattr(self._local, "deadline", None)
+        if deadline is None:
+            return
+        with self._cond:
+            if connection not in deadline.connections:
+                deadline.connections.append(connection)
+            if deadline.expired:
+                _cut(connection)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                while self._heap and self._heap[0][0] <= now:
+                    deadline = heapq.heappop(self._heap)[2]
+                    if not deadline.done:
+                        deadline.expired = True
+                        for connection in deadline.connections:
+                            _cut(connection)
+                self._cond.wait(self._heap[0][0] - now if self._heap else None)
+
+
+_watchdog = _Watchdog()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_watchdog._reset)
+
+
+class _HTTPConnection(urllib3.connection.HTTPConnection):
+    """A connection that puts itself under the deadline of the call that opens or reuses it."""
+
+    def connect(self) -> None:
+        _watchdog.attach(self)  # before the TLS handshake, which reads from the server too
+        super().connect()
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _watchdog.attach(self)
+        super().request(*args, **kwargs)
+
+
+class _HTTPSConnection(_HTTPConnection, urllib3.connection.HTTPSConnection):
+    """The same, over TLS."""
+
+
+class _HTTPConnectionPool(urllib3.HTTPConnectionPool):
+    """A pool of :class:`_HTTPConnection`."""
+
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSConnectionPool(urllib3.HTTPSConnectionPool):
+    """A pool of :class:`_HTTPSConnection`."""
+
+    ConnectionCls = _HTTPSConnection
+
+
+_POOL_CLASSES: Final[dict[str, type[urllib3.HTTPConnectionPool]]] = {
+    "http": _HTTPConnectionPool,
+    "https": _HTTPSConnectionPool,
+}
+
+
+class _Adapter(TCPKeepAliveHTTPAdapter):  # type: ignore[misc]  # customerio ships no type hints
+    """customerio's keep-alive adapter, with connections that obey the call's deadline."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _POOL_CLASSES
+
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> urllib3.PoolManager:
+        manager: urllib3.PoolManager = super().proxy_manager_for(proxy, **kwargs)
+        if isinstance(manager, urllib3.ProxyManager):  # a SOCKS manager has its own pools
+            manager.pool_classes_by_scheme = _POOL_CLASSES
+        return manager
+
+
 # --------------------------------------------------------------------------- HTTP client
 
 
@@ -521,7 +677,7 @@ class _Client(CustomerIO):  # type: ignore[misc]  # customerio ships no type hin
         # Error bodies are read only partly; a compressed one could inflate past the cap.
         session.headers["Accept-Encoding"] = "identity"
         session.auth = (self.site_id, self.api_key)
-        adapter = TCPKeepAliveHTTPAdapter(max_retries=_no_retries())
+        adapter = _Adapter(max_retries=_no_retries())
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         return session
@@ -548,24 +704,35 @@ class _Reply:
 
 
 def _read_body(response: requests.Response, cap: int, deadline: float) -> tuple[bytes, bool]:
-    """Read at most ``cap`` bytes of the body; ``complete`` is False if any was left."""
+    """Read at most ``cap`` bytes of the body; ``complete`` is False if the cap cut it.
+
+    Raises:
+        TimeoutError: If ``deadline`` (``time.monotonic()``) passed before the end.
+        Exception: Any of :data:`_HTTP_ERRORS`, if a read failed.
+    """
     chunks: list[bytes] = []
     size = 0
-    try:
-        for chunk in response.iter_content(chunk_size=_CHUNK_BYTES):
-            if not chunk:
-                continue
-            room = cap - size
-            if len(chunk) > room:
-                chunks.append(chunk[:room])
-                return b"".join(chunks), False
-            chunks.append(chunk)
-            size += len(chunk)
-            if time.monotonic() > deadline:
-                return b"".join(chunks), False
-    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError):
-        return b"".join(chunks), False
+    for chunk in response.iter_content(chunk_size=_CHUNK_BYTES):
+        room = cap - size
+        if len(chunk) > room:
+            chunks.append(chunk[:room])
+            return b"".join(chunks), False
+        chunks.append(chunk)
+        size += len(chunk)
+        if time.monotonic() >= deadline:
+            break
+    # Also after the loop: a body read until the connection closes ends quietly when cut.
+    if time.monotonic() >= deadline:
+        raise TimeoutError("deadline passed while reading the body")
     return b"".join(chunks), True
+
+
+_HTTP_ERRORS: Final = (
+    requests.RequestException,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    OSError,
+)
 
 
 _POOL_PREFIX: Final = re.compile(r"^\w*Connection(?:Pool)?\([^)]*\):\s*")
@@ -638,7 +805,8 @@ class Transport:
         base_url: The origin, e.g. ``https://track.customer.io`` or ``http://127.0.0.1:8765``
             (an optional path prefix is kept).
         connect_timeout: Seconds to wait for the TCP/TLS connection.
-        read_timeout: Seconds to wait for each read from the server.
+        read_timeout: Seconds to wait for each read from the server. Whatever the server
+            does, a call is over within ``connect_timeout + read_timeout`` (a ``timeout``).
         max_error_body_bytes: The most of an error response body that is read.
 
     Raises:
@@ -996,6 +1164,8 @@ class Transport:
         redact = self._redactor.with_values(values) if values else self._redactor
         headers = {"Content-Type": "application/json"} if body is not None else {}
         started = time.monotonic()
+        limit = self.connect_timeout + self.read_timeout
+        deadline = _watchdog.start(limit)
         try:
             response = self._client.http.request(
                 method,
@@ -1006,14 +1176,32 @@ class Transport:
                 allow_redirects=False,
                 stream=True,
             )
-        except (
-            requests.RequestException,
-            urllib3.exceptions.HTTPError,
-            http.client.HTTPException,
-            OSError,
-        ) as exc:
-            kind: DeliveryErrorKind = "timeout" if _is_timeout(exc) else "network"
-            reason = _clean_reason(_describe(exc), redact)
+            try:
+                status = response.status_code
+                success = 200 <= status <= 299
+                cap = (
+                    max(self.max_error_body_bytes, MAX_RESULT_BODY_BYTES)
+                    if success
+                    else (self.max_error_body_bytes)
+                )
+                try:
+                    data, complete = _read_body(response, cap, deadline.at)
+                except _HTTP_ERRORS:
+                    if success:  # a 2xx counts once it is whole (a 207's results are in it)
+                        raise
+                    data, complete = b"", False  # the status says it all; the body is a reason
+                reply = _Reply(status, dict(response.headers), data, complete)
+            finally:
+                response.close()  # a partly read response closes its connection
+        except _HTTP_ERRORS as exc:
+            passed = deadline.passed()
+            kind: DeliveryErrorKind = "timeout" if passed or _is_timeout(exc) else "network"
+            if passed:
+                reason = (
+                    f"timed out: no complete answer within {limit:g} s (connect + read timeout)"
+                )
+            else:
+                reason = _clean_reason(_describe(exc), redact)
             logger.info(
                 "cio transport: %s %s failed after %.0f ms: %s (%s)",
                 what,
@@ -1023,18 +1211,8 @@ class Transport:
                 type(exc).__name__,
             )
             raise DeliveryError(kind, reason) from None
-        try:
-            status = response.status_code
-            success = 200 <= status <= 299
-            cap = (
-                max(self.max_error_body_bytes, MAX_RESULT_BODY_BYTES)
-                if success
-                else (self.max_error_body_bytes)
-            )
-            data, complete = _read_body(response, cap, time.monotonic() + self.read_timeout)
-            reply = _Reply(status, dict(response.headers), data, complete)
         finally:
-            response.close()
+            _watchdog.finish(deadline)
         elapsed_ms = (time.monotonic() - started) * 1000
         if success:
             logger.debug(

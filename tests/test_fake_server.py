@@ -642,6 +642,62 @@ def test_reset_next_with_apply_applies_then_resets(fake_cio: FakeCustomerIO) -> 
     assert [r.applied for r in fake_cio.receipts] == [True, False]
 
 
+def test_trickle_next_sends_the_whole_answer_one_byte_at_a_time(fake_cio: FakeCustomerIO) -> None:
+    fake_cio.trickle_next(1, interval=0.05, headers=True)
+    token = base64.b64encode(f"{SITE_ID}:{API_KEY}".encode()).decode()
+    with socket.create_connection(("127.0.0.1", fake_cio.port), timeout=5) as sock:
+        sock.sendall(
+            b"PUT /api/v1/customers/42 HTTP/1.1\r\nHost: x\r\n"
+            + f"Authorization: Basic {token}\r\nContent-Length: 2\r\n\r\n{{}}".encode()
+        )
+        time.sleep(0.3)
+        early = sock.recv(4096)
+        fake_cio.clear_faults()  # the rest comes at once
+        answer = early
+        while not answer.endswith(b"\r\n\r\n{}"):
+            answer += sock.recv(4096)
+
+    assert 1 <= len(early) <= 8 and b"HTTP/1.1"[: len(early)] == early
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    [record] = fake_cio.requests
+    assert (record.status, record.outcome, record.fault) == (200, "answered", "trickle_next")
+    assert [r.customer_id for r in fake_cio.receipts] == ["42"]  # processed as usual
+
+
+def test_trickle_next_without_headers_trickles_only_the_body(fake_cio: FakeCustomerIO) -> None:
+    fake_cio.trickle_next(2, interval=0.2, headers=False)
+
+    for _ in range(2):
+        started = time.monotonic()
+        with requests.put(
+            f"{fake_cio.url}/api/v1/customers/1", json={}, auth=AUTH, timeout=5, stream=True
+        ) as response:
+            headers_after = time.monotonic() - started
+            assert response.status_code == 200
+            assert response.json() == {}  # two bytes, 0.2 s each
+        assert headers_after < 0.15
+        assert time.monotonic() - started >= 0.38
+    assert identify(fake_cio).status_code == 200
+    assert [r.fault for r in fake_cio.requests] == ["trickle_next", "trickle_next", None]
+
+
+def test_trickle_next_is_scriptable_remotely(fake_cio: FakeCustomerIO) -> None:
+    client = FakeCustomerIOClient(fake_cio.url)
+
+    client.trickle_next(2, interval=0.01, headers=False)
+
+    [scripted] = client.faults()["scripted"]
+    assert {k: scripted[k] for k in ("kind", "source", "remaining", "seconds", "headers")} == {
+        "kind": "trickle",
+        "source": "trickle_next",
+        "remaining": 2,
+        "seconds": 0.01,
+        "headers": False,
+    }
+    assert identify(fake_cio).status_code == 200
+    assert fake_cio.faults.scripted[0].remaining == 1
+
+
 def test_outage_window_by_time_with_an_injected_clock() -> None:
     now = [1000.0]
     with FakeCustomerIO(SITE_ID, API_KEY, clock=lambda: now[0]) as fake:
@@ -817,6 +873,8 @@ def test_clear_faults_removes_everything_but_keeps_records(fake_cio: FakeCustome
         (lambda f: f.fail_next(1, retry_after=-1), ValueError),
         (lambda f: f.fail_next(1, retry_after=datetime(2030, 1, 1)), ValueError),
         (lambda f: f.hang_next(1, seconds=-1), ValueError),
+        (lambda f: f.trickle_next(1, interval=-1), ValueError),
+        (lambda f: f.trickle_next(0), ValueError),
         (lambda f: f.set_latency(float("nan")), ValueError),
         (lambda f: f.random_faults(1, error_rate=0.6, reset_rate=0.6), ValueError),
         (lambda f: f.random_faults(1, hang_rate=2), ValueError),
@@ -884,6 +942,8 @@ def test_control_fault_specs(fake_cio: FakeCustomerIO) -> None:
         ({"fault": "fail_next", "n": "2"}, "n must be an integer"),
         ({"fault": "fail_next", "colour": 1}, "takes no argument 'colour'"),
         ({"fault": "fail_next", "n": 0}, "n must be an integer >= 1"),
+        ({"fault": "trickle_next", "headers": "yes"}, "headers must be true or false"),
+        ({"fault": "trickle_next", "interval": -1}, "interval must be a finite number"),
         ({"fault": "outage"}, "outage:"),
         ({"fault": "reject_batch_items"}, "exactly one of indexes, customer_ids"),
         ({"fault": "random_faults", "seed": 1, "error_rate": 3}, "between 0 and 1"),

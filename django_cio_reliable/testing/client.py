@@ -132,6 +132,10 @@ class FakeCustomerIOClient:
         """See :meth:`FakeCustomerIO.reset_next`."""
         self._fault("reset_next", n=n, apply=apply)
 
+    def trickle_next(self, n: int = 1, interval: float = 0.5, *, headers: bool = True) -> None:
+        """See :meth:`FakeCustomerIO.trickle_next`."""
+        self._fault("trickle_next", n=n, interval=interval, headers=headers)
+
     def set_latency(self, seconds: float) -> None:
         """See :meth:`FakeCustomerIO.set_latency`."""
         self._fault("set_latency", seconds=seconds)

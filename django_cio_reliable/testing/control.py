@@ -92,6 +92,7 @@ FAULT_PARAMETERS: dict[str, _Params] = {
     "outage_requests": {"n": _int, "status": _int, "retry_after": _retry_after},
     "hang_next": {"n": _int, "seconds": _number, "apply": _bool},
     "reset_next": {"n": _int, "apply": _bool},
+    "trickle_next": {"n": _int, "interval": _number, "headers": _bool},
     "set_latency": {"seconds": _number},
     "outage": {"seconds": _number, "status": _int, "retry_after": _retry_after},
     "random_faults": {

@@ -139,7 +139,7 @@ class Receipt:
         )
 
 
-ScriptedFaultKind = Literal["status", "hang", "reset"]
+ScriptedFaultKind = Literal["status", "hang", "reset", "trickle"]
 
 
 @dataclass(frozen=True)
@@ -151,16 +151,19 @@ class ScriptedFault:
 
     Attributes:
         kind: ``"status"`` (answer ``status``), ``"hang"`` (wait ``seconds``, then drop the
-            connection, or answer normally if ``apply``) or ``"reset"`` (TCP reset).
+            connection, or answer normally if ``apply``), ``"reset"`` (TCP reset) or
+            ``"trickle"`` (answer normally, one byte every ``seconds``).
         source: The method that scripted it (``"fail_next"``, ``"outage_requests"``,
-            ``"hang_next"``, ``"reset_next"``).
+            ``"hang_next"``, ``"reset_next"``, ``"trickle_next"``).
         remaining: How many more requests it applies to.
         status: The status code answered (``kind="status"``).
         retry_after: The ``Retry-After`` header value sent with it, or ``None``.
         body: The response body text, or ``None`` for Customer.io's error shape.
-        seconds: How long a hang lasts.
+        seconds: How long a hang lasts; for a trickle, the wait before each byte.
         apply: Whether the request is processed (and its operations recorded and applied)
             before the fault hits — "the server did the work but the client never heard".
+        headers: For a trickle: whether the status line and headers are trickled too, not
+            only the body.
     """
 
     kind: ScriptedFaultKind
@@ -171,6 +174,7 @@ class ScriptedFault:
     body: str | None = None
     seconds: float = 0.0
     apply: bool = False
+    headers: bool = False
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Literal
@@ -26,6 +27,10 @@ class Reply:
     headers: list[tuple[str, str]] = field(default_factory=list)
     content_type: str = "application/json"
     action: Action = "answer"
+    #: For a trickled answer: waits before each byte; ``False`` sends the rest at once.
+    trickle: Callable[[], bool] | None = None
+    #: Whether the status line and headers are trickled too (not only the body).
+    trickle_head: bool = False
 
 
 def json_reply(status: int, payload: Any, headers: list[tuple[str, str]] | None = None) -> Reply:

@@ -11,6 +11,7 @@ import contextlib
 import copy
 import dataclasses
 import hmac
+import io
 import json
 import logging
 import math
@@ -145,12 +146,13 @@ class _Fault:
     """What to do to one request instead of (or after) answering it normally."""
 
     label: str
-    kind: Literal["status", "hang", "reset"]
+    kind: Literal["status", "hang", "reset", "trickle"]
     status: int = 503
     retry_after: str | None = None
     body: _Body | None = None
     seconds: float = 0.0
     apply: bool = False
+    headers: bool = False
 
     def reply(self) -> Reply:
         headers = [("Retry-After", self.retry_after)] if self.retry_after is not None else []
@@ -447,6 +449,7 @@ class FakeCustomerIO:
                         body=q.fault.body.text if q.fault.body else None,
                         seconds=q.fault.seconds,
                         apply=q.fault.apply,
+                        headers=q.fault.headers,
                     )
                     for q in self._queue
                 ),
@@ -516,6 +519,25 @@ class FakeCustomerIO:
         With ``apply=True`` the request is processed before the reset.
         """
         self._enqueue(_Fault("reset_next", "reset", apply=bool(apply)), n)
+
+    def trickle_next(self, n: int = 1, interval: float = 0.5, *, headers: bool = True) -> None:
+        """Answer the next ``n`` API requests normally, but one byte every ``interval`` seconds.
+
+        The request is processed as usual (its operations are applied); only its answer is
+        slow: with ``headers=True`` the status line and headers are trickled too, with
+        ``headers=False`` they are sent at once and only the body is trickled (an
+        ``interval`` longer than the client's timeout: a server that hangs after its
+        headers). Every byte waits ``interval`` first, so a per-read timeout longer than
+        ``interval`` never fires. The rest is sent at once on :meth:`clear_faults`,
+        :meth:`reset` and :meth:`stop`.
+        """
+        fault = _Fault(
+            "trickle_next",
+            "trickle",
+            seconds=_check_seconds(interval, "interval"),
+            headers=bool(headers),
+        )
+        self._enqueue(fault, n)
 
     def set_latency(self, seconds: float) -> None:
         """Delay every API request by ``seconds`` before it is handled (0 turns it off)."""
@@ -797,6 +819,13 @@ class FakeCustomerIO:
             if fault.apply and completed:
                 return finish(process(), fault)
             return finish(Reply(action="drop"), fault)
+        if fault.kind == "trickle":
+            reply = dataclasses.replace(
+                process(),
+                trickle=lambda: self._sleep(fault.seconds, epoch),
+                trickle_head=fault.headers,
+            )
+            return finish(reply, fault)
         if fault.apply:
             process()
         if fault.kind == "reset":
@@ -1066,6 +1095,10 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.action == "drop":
             self.close_connection = True
             return
+        wfile = self.wfile
+        rendered = io.BytesIO()
+        if reply.trickle is not None:
+            self.wfile = rendered  # render the whole answer, then send it byte by byte
         try:
             self.send_response(reply.status)
             self.send_header("Content-Type", reply.content_type)
@@ -1076,9 +1109,27 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(reply.body)
-            self.wfile.flush()
+            if reply.trickle is not None:
+                data = rendered.getvalue()
+                at_once = 0 if reply.trickle_head else len(data) - len(reply.body)
+                self._trickle(wfile, data, at_once, reply.trickle)
+            wfile.flush()
         except OSError:
             self.close_connection = True
+        finally:
+            self.wfile = wfile
+
+    @staticmethod
+    def _trickle(
+        out: io.BufferedIOBase, data: bytes, at_once: int, wait: Callable[[], bool]
+    ) -> None:
+        """Write ``data[:at_once]`` now, then one byte per ``wait()`` (the rest if it fails)."""
+        out.write(data[:at_once])
+        for position in range(at_once, len(data)):
+            if not wait():
+                out.write(data[position:])
+                return
+            out.write(data[position : position + 1])
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         # Paths carry customer ids; log the method and status only.
