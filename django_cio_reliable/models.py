@@ -88,6 +88,17 @@ class Operation(models.Model):
                 name="cio_op_person_open",
                 condition=models.Q(status__in=lifecycle.OPEN),
             ),
+            # The purge reads the oldest closed rows past retention, and nothing else.
+            models.Index(
+                fields=("delivered_at",),
+                name="cio_op_delivered",
+                condition=models.Q(status=lifecycle.Status.DELIVERED),
+            ),
+            models.Index(
+                fields=("dead_at",),
+                name="cio_op_dead",
+                condition=models.Q(status=lifecycle.Status.DEAD),
+            ),
         )
         permissions = (
             ("view_payload", _("Can view operation payloads")),

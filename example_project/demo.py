@@ -463,7 +463,7 @@ def settled() -> bool:
     from django_cio_reliable import outbox
     from django_cio_reliable.models import Operation
 
-    return not Operation.objects.filter(status__in=outbox.OPEN).exists()
+    return not Operation.objects.filter(status__in=lifecycle.OPEN).exists()
 
 
 def breaker_state() -> tuple[str, str]:

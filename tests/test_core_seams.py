@@ -170,6 +170,60 @@ def test_no_claim_statement_scans_the_operations_table_on_postgres(quiet: None) 
     assert scans == {}, "\n\n".join(f"{sql}\n{plan}" for sql, plan in scans.items())
 
 
+@pytest.mark.postgres
+@postgres_only
+def test_a_purge_batch_reads_only_rows_past_retention_on_postgres(
+    quiet: None, settings: Any
+) -> None:
+    """A purge batch is planned on the partial indexes of closed rows, not as a scan of the
+    delivered history (20,000 recent delivered rows, a few past retention)."""
+    now = timezone.now()
+    old = now - timedelta(days=400)
+    common: dict[str, Any] = {"kind": "identify", "payload": {}, "next_attempt_at": old}
+    Operation.objects.bulk_create(
+        [
+            Operation(
+                customer_id=f"c{i}",
+                person_key=f"c:c{i}",
+                status=Status.DELIVERED,
+                delivered_at=now,
+                created_at=now,
+                **common,
+            )
+            for i in range(20_000)
+        ],
+        batch_size=5_000,
+    )
+    for status, stamp in ((Status.DELIVERED, "delivered_at"), (Status.DEAD, "dead_at")):
+        Operation.objects.bulk_create(
+            [
+                Operation(
+                    customer_id=f"o{i}",
+                    person_key=f"c:o{i}",
+                    status=status,
+                    created_at=old,
+                    **{stamp: old},
+                    **common,
+                )
+                for i in range(3)
+            ]
+        )
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE django_cio_reliable_operation")
+    with CaptureQueriesContext(connection) as captured:
+        result = outbox.purge(now)
+    assert (result.delivered, result.dead) == (3, 3)
+    selects = [
+        str(q["sql"])
+        for q in captured.captured_queries
+        if "django_cio_reliable_operation" in str(q["sql"])
+        and str(q["sql"]).lstrip().upper().startswith("SELECT")
+    ]
+    assert selects
+    scans = {sql: plan for sql in selects if "Seq Scan" in (plan := _explain(sql))}
+    assert scans == {}, "\n\n".join(f"{sql}\n{plan}" for sql, plan in scans.items())
+
+
 # --------------------------------------------------------------------------- 2. poison operations
 
 

@@ -589,7 +589,7 @@ def test_the_fast_insert_stores_the_same_row_as_save(
     call = getattr(cio, kind)
     assert not post_save.has_listeners(Operation)  # so the first call takes the fast path
     fast = call(*args)
-    assert any(plan is not None for plan in outbox._insert_plans.values())
+    assert any(plan is not None for plan in outbox.store._insert_plans.values())
     uid = "test-force-save-path"
     post_save.connect(lambda **kw: None, sender=Operation, weak=False, dispatch_uid=uid)
     try:
