@@ -36,7 +36,7 @@ DASHBOARD_PERMISSION = "django_cio_reliable.view_operation"
 #: Django's generic ``change_breakerstate``).
 BREAKER_PERMISSION = "django_cio_reliable.force_breaker"
 #: Statuses in the order the dashboard lists them.
-STATUSES = ("pending", "sending", "failed", "delivered", "dead")
+STATUSES = tuple(lifecycle.Status.values)
 OPEN_STATUSES = lifecycle.OPEN
 
 

@@ -19,7 +19,7 @@ EXIT_UNHEALTHY = 1
 EXIT_BAD_ARGUMENTS = 2
 
 #: Statuses in the order they are printed, and the ones still to be delivered.
-STATUSES = ("pending", "sending", "failed", "delivered", "dead")
+STATUSES = tuple(lifecycle.Status.values)
 OPEN_STATUSES = lifecycle.OPEN
 
 PAUSE_REASONS = {
