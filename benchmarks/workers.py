@@ -220,7 +220,7 @@ def sustained_rate() -> float:
     """The most requests per second the limiter lets through for long at the default limit."""
     from django_cio_reliable import outbox
 
-    headroom = float(getattr(outbox, "RATE_HEADROOM", 0.0))
+    headroom = float(getattr(outbox.shared, "RATE_HEADROOM", 0.0))
     return common.DEFAULT_RATE / (1.0 + headroom)
 
 

@@ -402,6 +402,7 @@ def install_death(point: str, after: int) -> None:
     from django.db import transaction
 
     from django_cio_reliable import outbox, transport
+    from django_cio_reliable.outbox import deliver, runner
 
     reached = [0]
 
@@ -411,7 +412,7 @@ def install_death(point: str, after: int) -> None:
             _die()
 
     if point == "claim":
-        original_claim = outbox.claim
+        original_claim = runner.claim
 
         def claim(*args: Any, **kwargs: Any) -> outbox.Claim:
             claimed = original_claim(*args, **kwargs)
@@ -419,7 +420,7 @@ def install_death(point: str, after: int) -> None:
                 arrive()
             return claimed
 
-        _replace(outbox, "claim", claim)
+        _replace(runner, "claim", claim)
     elif point == "send":
         for method in ("send", "send_batch"):
             original: Callable[..., Any] = getattr(transport.Transport, method)
@@ -431,7 +432,7 @@ def install_death(point: str, after: int) -> None:
 
             _replace(transport.Transport, method, sent)
     elif point == "ack":
-        original_ack = outbox.ack_delivered
+        original_ack = deliver.ack_delivered
 
         def ack(claim_: outbox.Claim, operations: Sequence[Any], *args: Any, **kwargs: Any) -> int:
             if not operations:
@@ -441,7 +442,7 @@ def install_death(point: str, after: int) -> None:
                 arrive()
             return updated
 
-        _replace(outbox, "ack_delivered", ack)
+        _replace(deliver, "ack_delivered", ack)
     else:
         raise SystemExit(f"unknown death point {point!r}")
 
