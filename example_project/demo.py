@@ -460,7 +460,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float, tick: float = 0.2)
 
 
 def settled() -> bool:
-    from django_cio_reliable import outbox
+    from django_cio_reliable import lifecycle
     from django_cio_reliable.models import Operation
 
     return not Operation.objects.filter(status__in=lifecycle.OPEN).exists()
