@@ -56,10 +56,6 @@ class OperationQuerySet(models.QuerySet["Operation"]):
 
     # ------------------------------------------------------------------ lookups
 
-    def open(self) -> OperationQuerySet:
-        """Operations still to be delivered."""
-        return cast("OperationQuerySet", self.filter(status__in=OPEN))
-
     def due(self, now: datetime) -> OperationQuerySet:
         """Open operations whose attempt is due: waiting and due, or leased and expired."""
         # ``status__in=OPEN`` is implied but spelt out: it is the condition of the partial
@@ -88,10 +84,6 @@ class OperationQuerySet(models.QuerySet["Operation"]):
                 Q(attempts__gte=max_attempts) | Q(created_at__lte=now - timedelta(seconds=max_age))
             ),
         )
-
-    def erased(self) -> OperationQuerySet:
-        """Operations whose payload was erased (scrubbed after delivery, or forgotten)."""
-        return cast("OperationQuerySet", self.filter(erased_q()))
 
     # ------------------------------------------------------------------ transitions
 
