@@ -62,7 +62,7 @@ def queries_per_1000(run: Callable[[], int]) -> tuple[float, int, int]:
 
 def measure(number: int, repeat: int, tight_calls: int, paced_seconds: float) -> dict[str, Any]:
     from django_cio_reliable.breaker import Breaker
-    from django_cio_reliable.breaker_core import Outcome
+    from django_cio_reliable.breaker.core import Outcome
 
     breaker = Breaker.from_settings()
     success = Outcome.success(0.001)

@@ -191,10 +191,10 @@ class DeadLetter(Operation):
 class BreakerState(models.Model):
     """The circuit breaker of one destination, shared by every process.
 
-    ``data`` holds the whole state of :class:`django_cio_reliable.breaker_core.BreakerState`
+    ``data`` holds the whole state of :class:`django_cio_reliable.breaker.core.BreakerState`
     as JSON; the other columns repeat parts of it for the admin and the health check. The row
     is only ever changed by a compare-and-set on ``version`` (see
-    :mod:`django_cio_reliable.breaker`): never edit it by hand, use ``Breaker.force()``.
+    :mod:`django_cio_reliable.breaker.store`): never edit it by hand, use ``Breaker.force()``.
     """
 
     class State(models.TextChoices):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from datetime import timedelta
 from io import StringIO
 from typing import Any
@@ -17,15 +16,11 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
-from hypothesis import given
-from hypothesis import settings as hyp_settings
-from hypothesis import strategies as st
 
 import django_cio_reliable as cio
 from django_cio_reliable import breaker, outbox, signals
-from django_cio_reliable import breaker_core as core
 from django_cio_reliable.breaker import Breaker, Permit, get_breaker, outcome_for
-from django_cio_reliable.breaker_core import BreakerConfig, Outcome
+from django_cio_reliable.breaker.core import BreakerConfig, Outcome
 from django_cio_reliable.conf import app_settings
 from django_cio_reliable.exceptions import DeliveryError
 from django_cio_reliable.models import BreakerEvent, BreakerState, Operation
@@ -120,77 +115,6 @@ def test_what_counts(error: DeliveryError | None, kind: str) -> None:
 def test_outcome_duration_is_never_negative() -> None:
     assert outcome_for(None, -1.0).duration == 0.0
     assert outcome_for(None, float("nan")).duration == 0.0
-
-
-# --------------------------------------------------------------------------- merging
-
-
-KINDS = {
-    "ok": Outcome.success(0.01),
-    "slow": Outcome.success(9.0),
-    "fail": Outcome.failure(0.01),
-    "ignored": Outcome.ignored(0.01),
-}
-
-
-def _strip(state: core.BreakerState) -> core.BreakerState:
-    return replace(state, version=0)
-
-
-@hyp_settings(max_examples=300, deadline=None)
-@given(
-    prefix=st.lists(st.sampled_from(sorted(KINDS)), max_size=30),
-    outcomes=st.lists(
-        st.tuples(
-            st.sampled_from(["ok", "ok", "ok", "ok", "slow", "fail", "ignored"]),
-            st.sampled_from([0.0, 0.0, 0.01, 0.3, 1.7, 4.0, 25.0]),
-        ),
-        max_size=80,
-    ),
-    minimum_calls=st.integers(1, 15),
-    consecutive=st.integers(0, 6),
-    slow_threshold=st.sampled_from([1.0, 0.5, 0.3]),
-    rate=st.sampled_from([0.2, 0.5, 1.0]),
-)
-def test_merging_collected_outcomes_equals_recording_them_one_by_one(
-    prefix: list[str],
-    outcomes: list[tuple[str, float]],
-    minimum_calls: int,
-    consecutive: int,
-    slow_threshold: float,
-    rate: float,
-) -> None:
-    config = BreakerConfig(
-        window_seconds=20,
-        window_buckets=5,
-        minimum_calls=minimum_calls,
-        consecutive_failures=consecutive,
-        slow_call_seconds=1.0,
-        slow_call_rate_threshold=slow_threshold,
-        failure_rate_threshold=rate,
-    )
-    b = Breaker(DESTINATION, config, using="default")
-    machine = b.machine
-    state = core.BreakerState()
-    now = 1_000.0
-    for kind in prefix:  # some history in the window, maybe open already
-        state, _ = machine.record(state, KINDS[kind], now)
-        now += 0.7
-    timed = []
-    for kind, step in outcomes:
-        now += step
-        timed.append((KINDS[kind], now))
-
-    expected, transitions = state, []
-    for outcome, at in timed:
-        expected, transition = machine.record(expected, outcome, at)
-        if transition is not None:
-            transitions.append(transition)
-    merged, merged_transitions = b._merge(state, timed)
-
-    assert _strip(merged) == _strip(expected)
-    assert merged_transitions == transitions
-    assert (merged.version == state.version) == (expected.version == state.version)
 
 
 # --------------------------------------------------------------------------- the row and cache

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from django_cio_reliable.breaker_core import (
+from django_cio_reliable.breaker.core import (
     COUNTER_CAP,
     MODES,
     STATES,
@@ -683,8 +683,6 @@ def test_from_dict_tolerates_unknown_and_missing_keys() -> None:
     )
     assert state == BreakerState(state="open", opened_at=12.0, version=7)
     assert isinstance(state.opened_at, float)
-    transition = Transition("closed", "open", "x", 1.0)
-    assert json.loads(json.dumps(transition.to_dict()))["to_state"] == "open"
 
 
 @pytest.mark.parametrize(
@@ -745,6 +743,75 @@ def test_outcome_and_clock_validation() -> None:
             machine.decide(BreakerState(), bad)
         with pytest.raises(ValueError, match="now"):
             machine.record(BreakerState(), OK, bad)
+
+
+# -- merging collected outcomes -----------------------------------------------------------
+
+KINDS = {
+    "ok": Outcome.success(0.01),
+    "slow": Outcome.success(9.0),
+    "fail": Outcome.failure(0.01),
+    "ignored": Outcome.ignored(0.01),
+}
+
+
+def _strip(state: BreakerState) -> BreakerState:
+    return replace(state, version=0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    prefix=st.lists(st.sampled_from(sorted(KINDS)), max_size=30),
+    outcomes=st.lists(
+        st.tuples(
+            st.sampled_from(["ok", "ok", "ok", "ok", "slow", "fail", "ignored"]),
+            st.sampled_from([0.0, 0.0, 0.01, 0.3, 1.7, 4.0, 25.0]),
+        ),
+        max_size=80,
+    ),
+    minimum_calls=st.integers(1, 15),
+    consecutive=st.integers(0, 6),
+    slow_threshold=st.sampled_from([1.0, 0.5, 0.3]),
+    rate=st.sampled_from([0.2, 0.5, 1.0]),
+)
+def test_record_many_equals_recording_one_by_one(
+    prefix: list[str],
+    outcomes: list[tuple[str, float]],
+    minimum_calls: int,
+    consecutive: int,
+    slow_threshold: float,
+    rate: float,
+) -> None:
+    config = BreakerConfig(
+        window_seconds=20,
+        window_buckets=5,
+        minimum_calls=minimum_calls,
+        consecutive_failures=consecutive,
+        slow_call_seconds=1.0,
+        slow_call_rate_threshold=slow_threshold,
+        failure_rate_threshold=rate,
+    )
+    machine = BreakerMachine(config)
+    state = BreakerState()
+    now = 1_000.0
+    for kind in prefix:  # some history in the window, maybe open already
+        state, _ = machine.record(state, KINDS[kind], now)
+        now += 0.7
+    timed = []
+    for kind, step in outcomes:
+        now += step
+        timed.append((KINDS[kind], now))
+
+    expected, transitions = state, []
+    for outcome, at in timed:
+        expected, transition = machine.record(expected, outcome, at)
+        if transition is not None:
+            transitions.append(transition)
+    merged, merged_transitions = machine.record_many(state, timed)
+
+    assert _strip(merged) == _strip(expected)
+    assert merged_transitions == transitions
+    assert (merged.version == state.version) == (expected.version == state.version)
 
 
 # -- properties ---------------------------------------------------------------------------

@@ -122,7 +122,7 @@ def probes_never_exceed_the_limit(
     settings: Any, children: BreakerChildren, start_line: procs.StartLine
 ) -> None:
     from django_cio_reliable.breaker import Breaker
-    from django_cio_reliable.breaker_core import Outcome
+    from django_cio_reliable.breaker.core import Outcome
     from django_cio_reliable.models import BreakerEvent, BreakerState
 
     overrides = {
@@ -240,7 +240,7 @@ def cmd_trip(args: argparse.Namespace) -> int:
     """Warm the cache, wait for the start, then record failures until this process trips it."""
     _ready(args)
     from django_cio_reliable.breaker import get_breaker
-    from django_cio_reliable.breaker_core import Outcome
+    from django_cio_reliable.breaker.core import Outcome
 
     breaker = get_breaker()
     breaker.allow()
@@ -281,7 +281,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     report success; print the intervals it held them (between grant and report)."""
     _ready(args)
     from django_cio_reliable.breaker import get_breaker
-    from django_cio_reliable.breaker_core import Outcome
+    from django_cio_reliable.breaker.core import Outcome
 
     breaker = get_breaker()
     procs.await_start(args.ready, args.go)

@@ -20,7 +20,7 @@ from django.utils import timezone
 from health_check.exceptions import ServiceUnavailable, ServiceWarning
 
 from django_cio_reliable import breaker, clock, health
-from django_cio_reliable.breaker_core import Outcome
+from django_cio_reliable.breaker.core import Outcome
 from django_cio_reliable.health import CustomerIOHealth, Facts, ProbeResult, assess, raise_for
 from django_cio_reliable.models import DeliveryState, Operation
 from django_cio_reliable.testing import FakeCustomerIO

@@ -18,7 +18,7 @@ from django.test.utils import CaptureQueriesContext
 import django_cio_reliable as cio
 from django_cio_reliable import breaker, outbox, signals, tasks
 from django_cio_reliable.breaker import Breaker, get_breaker
-from django_cio_reliable.breaker_core import Outcome
+from django_cio_reliable.breaker.core import Outcome
 from django_cio_reliable.exceptions import DeliveryError
 from django_cio_reliable.models import Operation
 from django_cio_reliable.testing import FakeCustomerIO

@@ -12,7 +12,7 @@ from django.core.management.base import CommandError
 
 from django_cio_reliable import breaker
 from django_cio_reliable.breaker import get_breaker
-from django_cio_reliable.breaker_core import Outcome
+from django_cio_reliable.breaker.core import Outcome
 from tests.fakes import FakeClock
 
 pytestmark = pytest.mark.django_db

@@ -1,29 +1,22 @@
-"""Circuit breaker core: a pure state machine with the clock passed in.
+"""The breaker's rules: a pure state machine with the clock passed in.
 
 Nothing here touches the database, the cache, settings or the network, and nothing sleeps.
-The state is a small immutable :class:`BreakerState` that round-trips through JSON; every
-operation of :class:`BreakerMachine` takes the current state and ``now`` (float seconds from
-one clock shared by every process that shares the state) and returns the next state. A state
-that changed carries ``version + 1``, an unchanged state is returned as the very same object,
-so a storage layer can persist it with a compare-and-set on ``version`` and skip the write
-when nothing changed.
-
-Rules, in short:
+Every operation of :class:`BreakerMachine` takes an immutable, JSON-serialisable
+:class:`BreakerState` and ``now`` (float seconds of one clock shared by every process) and
+returns the next state. A changed state carries ``version + 1``; an unchanged one is the very
+same object, so storage can compare-and-set on ``version`` and skip writing when nothing changed.
 
 - closed → open when, after a counted outcome, ``consecutive_failures`` failures happened in a
-  row, or the failure rate over the sliding window reaches ``failure_rate_threshold`` with at
-  least ``minimum_calls`` calls in it, or the slow-call rate reaches
-  ``slow_call_rate_threshold`` (likewise with ``minimum_calls``).
+  row, or the failure rate (or, if enabled, the slow-call rate) over the sliding window reaches
+  its threshold with at least ``minimum_calls`` calls in it.
 - open → half-open in :meth:`BreakerMachine.decide` once the cooldown has elapsed.
-- half-open admits at most ``half_open_max_calls`` probes, each holding a lease that expires
-  after ``probe_lease_seconds``; ``success_threshold`` probe successes close the breaker, one
-  probe failure reopens it with a cooldown grown by ``reset_timeout_multiplier``.
-- Late outcomes never corrupt the state: while open, every outcome is ignored; while half-open,
-  only the outcome of a probe whose lease is still live counts; while closed, every success
-  and failure is counted (a probe's outcome included).
-- The window keeps the calls that opened the breaker (automatically or forced): they stay in
-  it while open and half-open, age out like any call, and the window starts empty again when
-  the breaker closes from half-open or is reset (``force(..., "auto")``).
+- half-open admits at most ``half_open_max_calls`` probes, each a lease expiring after
+  ``probe_lease_seconds``; ``success_threshold`` probe successes close it, one probe failure
+  reopens it with a cooldown grown by ``reset_timeout_multiplier``.
+- Late outcomes never corrupt the state: while open every outcome is ignored; while half-open
+  only a probe whose lease is still live counts.
+- The window keeps the calls that opened the breaker until they age out; it starts empty again
+  when the breaker closes from half-open or is reset (``force(..., "auto")``).
 - ``ignored`` outcomes (a 4xx caused by the payload) count as neither success nor failure; in
   half-open they free the probe's slot.
 """
@@ -31,15 +24,16 @@ Rules, in short:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal, TypeVar
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from django_cio_reliable.exceptions import DeliveryError
 
 State = Literal["closed", "open", "half_open"]
 Mode = Literal["auto", "forced_open", "forced_closed", "disabled"]
 OutcomeKind = Literal["success", "failure", "ignored"]
-
-_T = TypeVar("_T", bound=str)
 
 #: A probe lease: ``(probe_id, lease_expiry)``.
 Probe = tuple[str, float]
@@ -87,17 +81,14 @@ def _counter(name: str, value: object) -> int:
     return number
 
 
-def _sequence(name: str, value: object) -> Sequence[object]:
+def _tuples(name: str, value: object, size: int) -> list[tuple[Any, ...]]:
+    """``value``, a list of lists of ``size`` items each (as JSON gives them), as tuples."""
     if not isinstance(value, (list, tuple)):
-        raise ValueError(f"{name} must be a list, got {type(value).__name__}")
-    return value
-
-
-def _choice(name: str, value: object, choices: tuple[_T, ...]) -> _T:
-    for choice in choices:
-        if choice == value:
-            return choice
-    raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+        raise ValueError(f"{name}s must be a list, got {type(value).__name__}")
+    for item in value:
+        if not isinstance(item, (list, tuple)) or len(item) != size:
+            raise ValueError(f"a {name} must be a list of {size} items, got {item!r}")
+    return [tuple(item) for item in value]
 
 
 def _check_now(now: object) -> float:
@@ -108,11 +99,9 @@ def _check_now(now: object) -> float:
 
 
 def _check_probe_id(probe_id: object) -> str:
-    if not isinstance(probe_id, str) or not probe_id:
-        raise ValueError(f"probe_id must be a non-empty string, got {probe_id!r}")
-    if len(probe_id) > MAX_PROBE_ID_LENGTH:
+    if not isinstance(probe_id, str) or not 0 < len(probe_id) <= MAX_PROBE_ID_LENGTH:
         raise ValueError(
-            f"probe_id must be at most {MAX_PROBE_ID_LENGTH} characters, got {len(probe_id)}"
+            f"probe_id must be a string of 1 to {MAX_PROBE_ID_LENGTH} characters, got {probe_id!r}"
         )
     return probe_id
 
@@ -158,29 +147,24 @@ class BreakerConfig:
 
     def __post_init__(self) -> None:
         for name in ("failure_rate_threshold", "slow_call_rate_threshold"):
-            value = _number(name, getattr(self, name))
-            if not 0 < value <= 1:
-                raise ValueError(f"{name} must be > 0 and <= 1, got {value!r}")
+            if not 0 < _number(name, getattr(self, name)) <= 1:
+                raise ValueError(f"{name} must be > 0 and <= 1, got {getattr(self, name)!r}")
         for name in ("window_seconds", "slow_call_seconds", "reset_timeout", "probe_lease_seconds"):
-            value = _number(name, getattr(self, name))
-            if value <= 0:
-                raise ValueError(f"{name} must be > 0, got {value!r}")
-        if _number("window_seconds", self.window_seconds) < 0.001:
+            if _number(name, getattr(self, name)) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.window_seconds < 0.001:
             raise ValueError(f"window_seconds must be >= 0.001, got {self.window_seconds!r}")
-        if not 1 <= _integer("window_buckets", self.window_buckets) <= MAX_WINDOW_BUCKETS:
-            raise ValueError(
-                f"window_buckets must be >= 1 and <= {MAX_WINDOW_BUCKETS}, "
-                f"got {self.window_buckets!r}"
-            )
-        if not 1 <= _integer("minimum_calls", self.minimum_calls) <= COUNTER_CAP:
-            raise ValueError(
-                f"minimum_calls must be >= 1 and <= {COUNTER_CAP}, got {self.minimum_calls!r}"
-            )
-        if not 0 <= _integer("consecutive_failures", self.consecutive_failures) <= COUNTER_CAP:
-            raise ValueError(
-                f"consecutive_failures must be >= 0 (0 disables) and <= {COUNTER_CAP}, "
-                f"got {self.consecutive_failures!r}"
-            )
+        for name, low, high in (
+            ("window_buckets", 1, MAX_WINDOW_BUCKETS),
+            ("minimum_calls", 1, COUNTER_CAP),
+            ("consecutive_failures", 0, COUNTER_CAP),
+            ("half_open_max_calls", 1, MAX_PROBES),
+            ("success_threshold", 1, COUNTER_CAP),
+        ):
+            if not low <= _integer(name, getattr(self, name)) <= high:
+                raise ValueError(
+                    f"{name} must be >= {low} and <= {high}, got {getattr(self, name)}"
+                )
         if _number("reset_timeout_multiplier", self.reset_timeout_multiplier) < 1:
             raise ValueError(
                 f"reset_timeout_multiplier must be >= 1, got {self.reset_timeout_multiplier!r}"
@@ -189,16 +173,6 @@ class BreakerConfig:
             raise ValueError(
                 f"reset_timeout_max must be >= reset_timeout ({self.reset_timeout!r}), "
                 f"got {self.reset_timeout_max!r}"
-            )
-        if not 1 <= _integer("half_open_max_calls", self.half_open_max_calls) <= MAX_PROBES:
-            raise ValueError(
-                f"half_open_max_calls must be >= 1 and <= {MAX_PROBES}, "
-                f"got {self.half_open_max_calls!r}"
-            )
-        if not 1 <= _integer("success_threshold", self.success_threshold) <= COUNTER_CAP:
-            raise ValueError(
-                f"success_threshold must be >= 1 and <= {COUNTER_CAP}, "
-                f"got {self.success_threshold!r}"
             )
 
     @property
@@ -279,9 +253,7 @@ class BreakerState:
                 raise ValueError(f"a bucket must be (start, calls, failures, slow), got {bucket!r}")
             start = _number("bucket start", bucket[0])
             calls = _counter("bucket calls", bucket[1])
-            failures = _counter("bucket failures", bucket[2])
-            slow = _counter("bucket slow", bucket[3])
-            if failures + slow > calls:
+            if _counter("bucket failures", bucket[2]) + _counter("bucket slow", bucket[3]) > calls:
                 raise ValueError(f"bucket failures + slow must be <= calls, got {bucket!r}")
             if start <= previous:
                 raise ValueError("bucket starts must be strictly increasing")
@@ -290,15 +262,9 @@ class BreakerState:
     def to_dict(self) -> dict[str, Any]:
         """The state as JSON-serialisable builtins (lists, not tuples)."""
         return {
-            "state": self.state,
-            "mode": self.mode,
-            "opened_at": self.opened_at,
-            "reopen_count": self.reopen_count,
-            "consecutive_failures": self.consecutive_failures,
-            "half_open_successes": self.half_open_successes,
-            "probes": [[probe_id, expiry] for probe_id, expiry in self.probes],
+            **asdict(self),
+            "probes": [list(probe) for probe in self.probes],
             "buckets": [list(bucket) for bucket in self.buckets],
-            "version": self.version,
         }
 
     @classmethod
@@ -319,45 +285,18 @@ class BreakerState:
         """
         if not isinstance(data, Mapping):
             raise ValueError(f"breaker state must be a mapping, got {type(data).__name__}")
-        defaults = cls()
-
-        def get(key: str) -> object:
-            return data.get(key, getattr(defaults, key))
-
-        state = _choice("state", get("state"), STATES)
-        mode = _choice("mode", get("mode"), MODES)
-        version = _integer("version", get("version"))
-        opened_at = get("opened_at")
-        probes: list[Probe] = []
-        for raw in _sequence("probes", get("probes")):
-            item = _sequence("probe", raw)
-            if len(item) != 2:
-                raise ValueError(f"a probe must be [probe_id, lease_expiry], got {raw!r}")
-            probes.append((_check_probe_id(item[0]), _number("probe lease_expiry", item[1])))
-        buckets: list[Bucket] = []
-        for raw in _sequence("buckets", get("buckets")):
-            item = _sequence("bucket", raw)
-            if len(item) != 4:
-                raise ValueError(f"a bucket must be [start, calls, failures, slow], got {raw!r}")
-            buckets.append(
-                (
-                    _number("bucket start", item[0]),
-                    _counter("bucket calls", item[1]),
-                    _counter("bucket failures", item[2]),
-                    _counter("bucket slow", item[3]),
-                )
-            )
-        return cls(
-            state=state,
-            mode=mode,
-            opened_at=None if opened_at is None else _number("opened_at", opened_at),
-            reopen_count=_counter("reopen_count", get("reopen_count")),
-            consecutive_failures=_counter("consecutive_failures", get("consecutive_failures")),
-            half_open_successes=_counter("half_open_successes", get("half_open_successes")),
-            probes=tuple(probes),
-            buckets=tuple(buckets),
-            version=version,
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        if values.get("opened_at") is not None:
+            values["opened_at"] = _number("opened_at", values["opened_at"])
+        values["probes"] = tuple(
+            (probe_id, _number("probe lease_expiry", expiry))
+            for probe_id, expiry in _tuples("probe", values.get("probes", ()), 2)
         )
+        values["buckets"] = tuple(
+            (_number("bucket start", start), *counts)
+            for start, *counts in _tuples("bucket", values.get("buckets", ()), 4)
+        )
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -395,6 +334,27 @@ class Outcome:
         return cls("ignored", duration)
 
 
+def outcome_for(error: DeliveryError | None, duration: float) -> Outcome:
+    """The breaker outcome of a request that took ``duration`` seconds.
+
+    Args:
+        error: The delivery error it ended with; ``None`` for a success (a 207 partial batch
+            included: Customer.io answered).
+        duration: Seconds the request took.
+
+    Returns:
+        ``success``; ``failure`` for network errors, timeouts, 5xx, 408/425 and 429; ``ignored``
+        for a permanent 4xx (the payload's fault) and for 401/403 (a credentials problem is not
+        an outage, and the credentials pause already stops every worker).
+    """
+    duration = max(0.0, duration) if math.isfinite(duration) else 0.0
+    if error is None:
+        return Outcome.success(duration)
+    if error.kind in ("permanent", "auth"):
+        return Outcome.ignored(duration)
+    return Outcome.failure(duration)
+
+
 @dataclass(frozen=True)
 class Transition:
     """A change of ``state`` or ``mode``, to be stored as an event and signalled.
@@ -414,17 +374,6 @@ class Transition:
     at: float
     from_mode: Mode = "auto"
     to_mode: Mode = "auto"
-
-    def to_dict(self) -> dict[str, Any]:
-        """The transition as JSON-serialisable builtins."""
-        return {
-            "from_state": self.from_state,
-            "to_state": self.to_state,
-            "reason": self.reason,
-            "at": self.at,
-            "from_mode": self.from_mode,
-            "to_mode": self.to_mode,
-        }
 
 
 @dataclass(frozen=True)
@@ -487,6 +436,25 @@ def _transition(old: BreakerState, new: BreakerState, reason: str, now: float) -
     return Transition(old.state, new.state, reason, now, old.mode, new.mode)
 
 
+def _add_successes(state: BreakerState, count: int) -> BreakerState:
+    """``state`` with ``count`` more plain successes in its newest window bucket."""
+    *older, (start, calls, failures, slow) = state.buckets
+    newest = (start, min(calls + count, COUNTER_CAP), failures, slow)
+    return replace(state, buckets=(*older, newest), version=state.version + 1)
+
+
+#: Closing (from half-open, or a reset) clears every counter and the window.
+_CLOSED: dict[str, Any] = {
+    "state": "closed",
+    "opened_at": None,
+    "reopen_count": 0,
+    "consecutive_failures": 0,
+    "half_open_successes": 0,
+    "probes": (),
+    "buckets": (),
+}
+#: A forced mode keeps the window; it clears the probes and the grown cooldown.
+_FORCED: dict[str, Any] = {"reopen_count": 0, "half_open_successes": 0, "probes": ()}
 _FORCE_REASONS: dict[Mode, str] = {
     "forced_open": "forced open",
     "forced_closed": "forced closed",
@@ -508,13 +476,10 @@ class BreakerMachine:
     config: BreakerConfig = field(default_factory=BreakerConfig)
 
     def cooldown(self, state: BreakerState) -> float:
-        """The current reset timeout: ``reset_timeout * multiplier ** reopen_count``, capped.
+        """Seconds an open breaker waits before it turns half-open.
 
-        Args:
-            state: The breaker state.
-
-        Returns:
-            Seconds an open breaker waits before it turns half-open.
+        ``reset_timeout * reset_timeout_multiplier ** reopen_count``, capped at
+        ``reset_timeout_max``.
         """
         config = self.config
         count = state.reopen_count
@@ -527,30 +492,17 @@ class BreakerMachine:
         return min(value, config.reset_timeout_max)
 
     def retry_at(self, state: BreakerState) -> float | None:
-        """When an open breaker will admit a probe.
+        """When an open breaker will admit a probe: ``opened_at + cooldown``.
 
-        Args:
-            state: The breaker state.
-
-        Returns:
-            ``opened_at + cooldown`` for an automatically opened breaker; ``None`` when the
-            breaker is not open (calls are admitted now) or is forced open (only an operator
-            can reopen it).
+        ``None`` when the breaker is not open (calls are admitted now) or is forced open (only
+        an operator can reopen it).
         """
         if state.mode != "auto" or state.state != "open" or state.opened_at is None:
             return None
         return state.opened_at + self.cooldown(state)
 
     def window(self, state: BreakerState, now: float) -> WindowStats:
-        """Counts over the sliding window at ``now`` (aged-out buckets excluded).
-
-        Args:
-            state: The breaker state.
-            now: The clock reading.
-
-        Returns:
-            The window's calls, failures and slow calls.
-        """
+        """Counts over the sliding window at ``now`` (aged-out buckets excluded)."""
         now = _check_now(now)
         calls = failures = slow = 0
         for _, bucket_calls, bucket_failures, bucket_slow in self._live_buckets(state, now):
@@ -584,20 +536,13 @@ class BreakerMachine:
             if due is not None and now < due:
                 return Decision(allowed=False, probe_required=False, state=state, retry_at=due)
             new = _evolve(state, state="half_open", probes=(), half_open_successes=0)
-            transition = _transition(
-                state, new, f"cooldown elapsed ({self.cooldown(state):g}s)", now
-            )
+            reason = f"cooldown elapsed ({self.cooldown(state):g}s)"
+            transition = _transition(state, new, reason, now)
             state = new
         live = [expiry for _, expiry in state.probes if expiry > now]
         if len(live) < self.config.half_open_max_calls:
             return Decision(allowed=True, probe_required=True, state=state, transition=transition)
-        return Decision(
-            allowed=False,
-            probe_required=True,
-            state=state,
-            transition=transition,
-            retry_at=min(live),
-        )
+        return Decision(False, True, state, transition, retry_at=min(live))
 
     def acquire_probe(
         self, state: BreakerState, now: float, probe_id: str
@@ -643,8 +588,7 @@ class BreakerMachine:
         """Account for the outcome of a call that ended at ``now``.
 
         Closed (and forced closed / disabled): successes and failures are counted in the
-        window; in ``auto`` mode they may open the breaker (the window keeps them: it shows
-        what opened it until they age out). Open (and forced open): every
+        window; in ``auto`` mode they may open the breaker. Open (and forced open): every
         outcome is ignored, it describes the past. Half-open: only the outcome of a probe
         whose lease is live at ``now`` counts; anything else is a late report and ignored.
 
@@ -665,22 +609,62 @@ class BreakerMachine:
         if outcome.kind == "ignored":
             return state, None
         counted = self._count(state, outcome, now)
-        if state.mode != "auto":
-            return counted, None
-        reason = self._trip_reason(counted, now)
+        reason = self._trip_reason(counted, now) if state.mode == "auto" else None
         if reason is None:
             return counted, None
         # The window keeps the calls that opened the breaker, this one included (they age out).
         opened = _evolve(
-            state,
-            state="open",
-            opened_at=now,
-            consecutive_failures=0,
-            half_open_successes=0,
-            probes=(),
-            buckets=counted.buckets,
+            state, state="open", opened_at=now, consecutive_failures=0, buckets=counted.buckets
         )
         return opened, _transition(state, opened, reason, now)
+
+    def record_many(
+        self, state: BreakerState, outcomes: Iterable[tuple[Outcome, float]]
+    ) -> tuple[BreakerState, list[Transition]]:
+        """Account for ``(outcome, now)`` pairs in order: the same as :meth:`record` one by one.
+
+        A run of plain successes within one window bucket is counted in bulk, except three
+        that go through :meth:`record` so it still makes every decision: the first (it may
+        age buckets out of the window), the one that brings the window to ``minimum_calls``
+        (where a rate may trip it; more successes in the bucket only lower the rates) and the
+        last. That makes merging a second of one process's outcomes a few core calls.
+
+        Returns:
+            ``(new_state, transitions)``.
+        """
+        transitions: list[Transition] = []
+
+        def one(state: BreakerState, outcome: Outcome, at: float) -> BreakerState:
+            new, transition = self.record(state, outcome, at)
+            if transition is not None:
+                transitions.append(transition)
+            return new
+
+        def successes(state: BreakerState, run: Sequence[tuple[Outcome, float]]) -> BreakerState:
+            state = one(state, *run[0])
+            rest = run[1:]
+            if state.state == "closed" and len(rest) > 1:
+                crossing = self.config.minimum_calls - self.window(state, rest[0][1]).calls - 1
+                if 0 <= crossing < len(rest) - 1:
+                    if crossing:
+                        state = _add_successes(state, crossing)
+                    state = one(state, *rest[crossing])
+                    rest = rest[crossing + 1 :]
+            if state.state == "closed" and len(rest) > 1:
+                state = _add_successes(state, len(rest) - 1)
+            return one(state, *rest[-1]) if rest else state
+
+        run: list[tuple[Outcome, float]] = []
+        for outcome, at in outcomes:
+            if outcome.kind == "success" and outcome.duration <= self.config.slow_call_seconds:
+                if run and self._index(at) != self._index(run[0][1]):
+                    state, run = successes(state, run), []  # a run stays in one bucket
+                run.append((outcome, at))
+                continue
+            if run:
+                state, run = successes(state, run), []
+            state = one(state, outcome, at)
+        return (successes(state, run) if run else state), transitions
 
     def force(
         self, state: BreakerState, mode: Mode, now: float
@@ -713,42 +697,17 @@ class BreakerMachine:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if mode == "auto":
-            new = _evolve(
-                state,
-                state="closed",
-                mode="auto",
-                opened_at=None,
-                reopen_count=0,
-                consecutive_failures=0,
-                half_open_successes=0,
-                probes=(),
-                buckets=(),
-            )
+            new = _evolve(state, mode=mode, **_CLOSED)
             reason = "reset" if state.mode == "auto" else "automatic mode restored"
             return new, _transition(state, new, reason, now)
         if state.mode == mode:
             return state, None
         if mode == "forced_open":
             new = _evolve(
-                state,
-                state="open",
-                mode=mode,
-                opened_at=now,
-                reopen_count=0,
-                consecutive_failures=0,
-                half_open_successes=0,
-                probes=(),
+                state, state="open", mode=mode, opened_at=now, consecutive_failures=0, **_FORCED
             )
         else:
-            new = _evolve(
-                state,
-                state="closed",
-                mode=mode,
-                opened_at=None,
-                reopen_count=0,
-                half_open_successes=0,
-                probes=(),
-            )
+            new = _evolve(state, state="closed", mode=mode, opened_at=None, **_FORCED)
         return new, _transition(state, new, _FORCE_REASONS[mode], now)
 
     # -- internals -------------------------------------------------------------------------
@@ -785,24 +744,18 @@ class BreakerMachine:
 
     def _trip_reason(self, state: BreakerState, now: float) -> str | None:
         config = self.config
-        if config.consecutive_failures and state.consecutive_failures >= (
-            config.consecutive_failures
-        ):
-            count = state.consecutive_failures
+        count = state.consecutive_failures
+        if config.consecutive_failures and count >= config.consecutive_failures:
             return f"{count} consecutive failure{'s' if count != 1 else ''}"
         stats = self.window(state, now)
         if stats.calls < config.minimum_calls:
             return None
+        span = f"over {stats.calls} calls in {config.window_seconds:g}s"
         if stats.failure_rate >= config.failure_rate_threshold:
-            return (
-                f"failure rate {stats.failure_rate:.0%} over {stats.calls} calls "
-                f"in {config.window_seconds:g}s"
-            )
+            return f"failure rate {stats.failure_rate:.0%} {span}"
         if config.slow_call_trigger_enabled and stats.slow_rate >= config.slow_call_rate_threshold:
-            return (
-                f"slow-call rate {stats.slow_rate:.0%} over {stats.calls} calls "
-                f"in {config.window_seconds:g}s (slower than {config.slow_call_seconds:g}s)"
-            )
+            slower = f"slower than {config.slow_call_seconds:g}s"
+            return f"slow-call rate {stats.slow_rate:.0%} {span} ({slower})"
         return None
 
     def _record_probe(
@@ -839,15 +792,6 @@ class BreakerMachine:
         successes = state.half_open_successes + 1
         if successes < config.success_threshold:
             return _evolve(state, probes=others, half_open_successes=successes), None
-        closed = _evolve(
-            state,
-            state="closed",
-            opened_at=None,
-            reopen_count=0,
-            consecutive_failures=0,
-            half_open_successes=0,
-            probes=(),
-            buckets=(),
-        )
+        closed = _evolve(state, **_CLOSED)
         reason = f"{successes} success{'es' if successes != 1 else ''} in half-open"
         return closed, _transition(state, closed, reason, now)

@@ -1,34 +1,18 @@
-"""The circuit breaker shared by every process: one ``BreakerState`` row per destination.
+"""The shared breaker: one ``BreakerState`` row per destination, cached by each process.
 
-The rules live in the pure :mod:`django_cio_reliable.breaker_core`; this module stores its state
-and shares it between processes:
-
-- **One row per destination** (``conf.app_settings.destination``): the core state as JSON, plus
-  ``state``, ``mode``, ``version``, ``opened_at``, ``open_since`` and ``updated_at`` columns for
-  the admin and the health check.
 - **Compare-and-set.** Every change is ``UPDATE … WHERE destination = %s AND version = %s``; a
   process that loses the race reads the row again and re-applies its change, so two processes
   can never both win a transition (or both take the last half-open probe slot).
-- **A local cache of about a second** (``BREAKER_CACHE_SECONDS``). While the cached state is
-  fresh, :meth:`Breaker.allow` answers from memory: a closed breaker costs a clock read and an
-  object, no query. In the closed state outcomes are not written one by one either: each process
-  collects them and merges them into the row when its cache expires, after
-  :data:`FLUSH_EVERY` outcomes, or at once when they would trip the breaker on their own. Other
-  processes therefore see a trip within about ``BREAKER_CACHE_SECONDS``.
-- **Probes are leases** stored in the row: a probe whose process hangs or dies frees its slot
-  after ``BREAKER_PROBE_LEASE_SECONDS``.
-- **Time** is the database's time (:func:`django_cio_reliable.clock.now`, Unix seconds), the
-  same in every process whatever the hosts' clocks say; tests replace it with a fake clock.
-- **Every transition** (state or mode) is stored as a :class:`~django_cio_reliable.models.
-  BreakerEvent` in the same transaction as the row update, and sent as
+- **A local cache of about a second** (``BREAKER_CACHE_SECONDS``). While it is fresh,
+  :meth:`Breaker.allow` answers from memory. Closed-state outcomes are collected and merged into
+  the row when the cache expires, after :data:`FLUSH_EVERY` outcomes, or at once when they would
+  trip the breaker on their own.
+- **No Python lock is held over the database**: the lock only guards this process's cache and
+  collected outcomes; the compare-and-set orders the writers.
+- **Time** is the database's (:mod:`django_cio_reliable.clock`, Unix seconds).
+- **Every transition** is stored as a :class:`~django_cio_reliable.models.BreakerEvent` in the
+  same transaction as the row update, and sent as
   :data:`~django_cio_reliable.signals.breaker_state_changed` after commit.
-
-Which outcomes count (:func:`outcome_for`): network errors, timeouts, 5xx, 408/425 and 429 are
-failures; a 4xx caused by the payload is neither a failure nor a success; 401/403 is neither
-either — a credentials problem is not an outage, and the credentials pause already stops every
-worker.
-
-Use :func:`get_breaker` for the breaker of the configured destination in this process.
 """
 
 from __future__ import annotations
@@ -38,7 +22,7 @@ import math
 import os
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
@@ -46,9 +30,10 @@ from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 from django.db import router, transaction
 from django.db.models import QuerySet
 
-from django_cio_reliable import breaker_core as core
 from django_cio_reliable import clock, signals
-from django_cio_reliable.conf import DEFAULTS, PROBE_LEASE_MARGIN, app_settings, on_reset
+from django_cio_reliable.breaker import core
+from django_cio_reliable.breaker.config import cache_seconds_from_settings, config_from_settings
+from django_cio_reliable.conf import app_settings, on_reset
 from django_cio_reliable.models import BreakerEvent
 from django_cio_reliable.models import BreakerState as BreakerStateRow
 
@@ -56,16 +41,9 @@ if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
     from django.contrib.auth.models import AnonymousUser
 
-    from django_cio_reliable.exceptions import DeliveryError
-
     AnyUser = AbstractBaseUser | AnonymousUser
 
 log = logging.getLogger(__name__)
-
-Mode = core.Mode
-State = core.State
-MODES: Final = core.MODES
-STATES: Final = core.STATES
 
 #: Closed-state outcomes a process collects at most before it merges them into the shared row
 #: (normally it merges when its cache expires, about once a second).
@@ -91,136 +69,30 @@ class _Changed(Generic[_R]):
     result: _R
 
 
+@dataclass(frozen=True)
+class _Row:
+    state: core.BreakerState
+    open_since: datetime | None
+    updated_at: datetime | None
+
+
 _default_now = clock.now
 
 
 def _now() -> float:
     """The breaker clock: Unix seconds of :func:`django_cio_reliable.clock.now`.
 
-    While that is the real clock, :func:`~django_cio_reliable.clock.wall` gives the same
-    reading without building a datetime (the closed-state check is made on every call); a
-    replaced ``clock.now`` (a test's fake clock) is honoured.
+    :func:`~django_cio_reliable.clock.wall` gives the same reading without building a datetime
+    (the closed-state check is made on every call); a replaced ``clock.now`` (a test's fake
+    clock) is honoured.
     """
     if clock.now is _default_now:
         return clock.wall()
     return clock.now().timestamp()
 
 
-def _to_datetime(value: float | None) -> datetime | None:
-    return None if value is None else _moment(value)
-
-
-def _moment(value: float) -> datetime:
-    return datetime.fromtimestamp(value, tz=timezone.utc)
-
-
-def outcome_for(error: DeliveryError | None, duration: float) -> core.Outcome:
-    """The breaker outcome of a request that took ``duration`` seconds.
-
-    Args:
-        error: The delivery error it ended with; ``None`` for a success (a 207 partial batch
-            included: Customer.io answered).
-        duration: Seconds the request took.
-
-    Returns:
-        ``success``; ``failure`` for network errors, timeouts, 5xx, 408/425 and 429; ``ignored``
-        for a permanent 4xx (the payload's fault) and for 401/403 (the credentials pause
-        handles those).
-    """
-    duration = max(0.0, duration) if math.isfinite(duration) else 0.0
-    if error is None:
-        return core.Outcome.success(duration)
-    if error.kind in ("permanent", "auth"):
-        return core.Outcome.ignored(duration)
-    return core.Outcome.failure(duration)
-
-
-def _setting(name: str, read: Callable[[], Any]) -> Any:
-    try:
-        return read()
-    except (TypeError, ValueError, OverflowError):
-        return DEFAULTS[name]
-
-
-def config_from_settings() -> core.BreakerConfig:
-    """The :class:`~django_cio_reliable.breaker_core.BreakerConfig` of ``CIO_RELIABLE``.
-
-    Invalid values (which ``manage.py check`` reports) fall back to the defaults, with an error
-    logged, so a typo never stops delivery.
-    """
-    s = app_settings
-    try:
-        lease = s.BREAKER_PROBE_LEASE_SECONDS
-    except (TypeError, ValueError, OverflowError):
-        lease = float(DEFAULTS["TIMEOUT"]) + float(DEFAULTS["CONNECT_TIMEOUT"]) + PROBE_LEASE_MARGIN
-    values: dict[str, Any] = {
-        "failure_rate_threshold": _setting(
-            "BREAKER_FAILURE_RATE_THRESHOLD", lambda: s.BREAKER_FAILURE_RATE_THRESHOLD
-        ),
-        "window_seconds": _setting("BREAKER_WINDOW_SECONDS", lambda: s.BREAKER_WINDOW_SECONDS),
-        "minimum_calls": _setting(
-            "BREAKER_MINIMUM_CALLS", lambda: min(s.BREAKER_MINIMUM_CALLS, core.COUNTER_CAP)
-        ),
-        "consecutive_failures": _setting(
-            "BREAKER_CONSECUTIVE_FAILURES",
-            lambda: min(s.BREAKER_CONSECUTIVE_FAILURES, core.COUNTER_CAP),
-        ),
-        "slow_call_seconds": _setting(
-            "BREAKER_SLOW_CALL_SECONDS", lambda: s.BREAKER_SLOW_CALL_SECONDS
-        ),
-        "slow_call_rate_threshold": _setting(
-            "BREAKER_SLOW_CALL_RATE_THRESHOLD", lambda: s.BREAKER_SLOW_CALL_RATE_THRESHOLD
-        ),
-        "reset_timeout": _setting("BREAKER_RESET_TIMEOUT", lambda: s.BREAKER_RESET_TIMEOUT),
-        "reset_timeout_multiplier": _setting(
-            "BREAKER_RESET_TIMEOUT_MULTIPLIER", lambda: s.BREAKER_RESET_TIMEOUT_MULTIPLIER
-        ),
-        "reset_timeout_max": _setting(
-            "BREAKER_RESET_TIMEOUT_MAX", lambda: s.BREAKER_RESET_TIMEOUT_MAX
-        ),
-        "half_open_max_calls": _setting(
-            "BREAKER_HALF_OPEN_MAX_CALLS",
-            lambda: min(s.BREAKER_HALF_OPEN_MAX_CALLS, core.MAX_PROBES),
-        ),
-        "probe_lease_seconds": lease,
-        "success_threshold": _setting(
-            "BREAKER_SUCCESS_THRESHOLD", lambda: min(s.BREAKER_SUCCESS_THRESHOLD, core.COUNTER_CAP)
-        ),
-    }
-    try:
-        return core.BreakerConfig(**values)
-    except (TypeError, ValueError) as exc:
-        log.error(
-            "cio: invalid breaker settings (%s); using the defaults (run manage.py check)", exc
-        )
-    defaults = {
-        "BREAKER_FAILURE_RATE_THRESHOLD": "failure_rate_threshold",
-        "BREAKER_WINDOW_SECONDS": "window_seconds",
-        "BREAKER_MINIMUM_CALLS": "minimum_calls",
-        "BREAKER_CONSECUTIVE_FAILURES": "consecutive_failures",
-        "BREAKER_SLOW_CALL_SECONDS": "slow_call_seconds",
-        "BREAKER_SLOW_CALL_RATE_THRESHOLD": "slow_call_rate_threshold",
-        "BREAKER_RESET_TIMEOUT": "reset_timeout",
-        "BREAKER_RESET_TIMEOUT_MULTIPLIER": "reset_timeout_multiplier",
-        "BREAKER_RESET_TIMEOUT_MAX": "reset_timeout_max",
-        "BREAKER_HALF_OPEN_MAX_CALLS": "half_open_max_calls",
-        "BREAKER_SUCCESS_THRESHOLD": "success_threshold",
-    }
-    lease = float(DEFAULTS["TIMEOUT"]) + float(DEFAULTS["CONNECT_TIMEOUT"]) + PROBE_LEASE_MARGIN
-    return core.BreakerConfig(
-        probe_lease_seconds=lease, **{field: DEFAULTS[key] for key, field in defaults.items()}
-    )
-
-
-def cache_seconds_from_settings() -> float:
-    """``BREAKER_CACHE_SECONDS``, or its default when the value is unusable."""
-    try:
-        value = app_settings.BREAKER_CACHE_SECONDS
-    except (TypeError, ValueError, OverflowError):
-        return float(DEFAULTS["BREAKER_CACHE_SECONDS"])
-    if not math.isfinite(value) or value < 0:
-        return float(DEFAULTS["BREAKER_CACHE_SECONDS"])
-    return value
+def _datetime(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, tz=timezone.utc)
 
 
 class Permit:
@@ -283,8 +155,8 @@ class Snapshot:
     """
 
     destination: str
-    state: State
-    mode: Mode
+    state: core.State
+    mode: core.Mode
     version: int
     opened_at: datetime | None
     open_since: datetime | None
@@ -308,13 +180,6 @@ class Snapshot:
     def label(self) -> str:
         """``forced_open``, ``forced_closed`` or ``disabled`` for a manual mode, else the state."""
         return self.state if self.mode == "auto" else self.mode
-
-
-@dataclass(frozen=True)
-class _Row:
-    state: core.BreakerState
-    open_since: datetime | None
-    updated_at: datetime | None
 
 
 class Breaker:
@@ -362,9 +227,9 @@ class Breaker:
 
     def __repr__(self) -> str:
         cache = self._cache
-        row = cache[0] if cache else None
-        state = f"{row.state.state}/{row.state.mode} v{row.state.version}" if row else "unread"
-        return f"<Breaker {self.destination.split('#', 1)[0]} {state}>"
+        state = cache[0].state if cache else None
+        shown = f"{state.state}/{state.mode} v{state.version}" if state else "unread"
+        return f"<Breaker {self._host()} {shown}>"
 
     # ------------------------------------------------------------------ calls
 
@@ -383,16 +248,9 @@ class Breaker:
         now = _now()
         cache = self._cache
         if cache is not None and 0.0 <= now - cache[1] < self.cache_seconds:
-            state = cache[0].state
-            if state.state == "closed":
+            if cache[0].state.state == "closed":
                 return Permit(None, now)
-            if state.mode == "forced_open":
-                return None
-            if state.state == "open":
-                due = cache[2]
-                if due is not None and now < due:
-                    return None
-            elif self._probes_full(state, now):
+            if self._refuses(cache, now):
                 return None
         return self._mutate(self._admit, fallback=self._admit_from_cache)
 
@@ -423,8 +281,7 @@ class Breaker:
             cache = self._cache
             row = cache[0] if cache is not None else None
             if row is None or row.state.state != "closed":
-                # Open: the outcome describes the past; half-open: only probes count.
-                return
+                return  # open: the outcome describes the past; half-open: only probes count
             now = _now()
             self._pending.append((outcome, now))
             flush = len(self._pending) >= FLUSH_EVERY
@@ -463,14 +320,7 @@ class Breaker:
         cache = self._cache
         if cache is None or not 0.0 <= now - cache[1] < self.cache_seconds:
             return False
-        state = cache[0].state
-        if state.state == "closed":
-            return False
-        if state.mode == "forced_open":
-            return True
-        if state.state == "open":
-            return cache[2] is not None and now < cache[2]
-        return self._probes_full(state, now)
+        return self._refuses(cache, now)
 
     # ------------------------------------------------------------------ operators
 
@@ -498,9 +348,9 @@ class Breaker:
             ValueError: ``mode`` is not one of :data:`MODES`.
             BreakerConflict: Other processes kept changing the breaker (very unlikely).
         """
-        target = next((known for known in MODES if known == mode), None)
+        target = next((known for known in core.MODES if known == mode), None)
         if target is None:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+            raise ValueError(f"mode must be one of {', '.join(core.MODES)}, got {mode!r}")
 
         def change(state: core.BreakerState, now: float) -> _Changed[core.Transition | None]:
             new, transition = self.machine.force(state, target, now)
@@ -530,43 +380,36 @@ class Breaker:
         if cache is None:  # pragma: no cover - _mutate always leaves a cache
             cache = (_Row(core.BreakerState(), None, None), -math.inf, None)
         row, read_at = cache[0], cache[1]
-        state = row.state
-        if pending:
-            # This process's outcomes not merged into the row yet count too (merged here in
-            # memory only, as the next flush will; nothing is written).
-            state, _ = self._merge(state, pending)
         machine = self.machine
-        stats = machine.window(state, now)
+        # This process's unmerged outcomes count too (in memory only; nothing is written).
+        merged = machine.record_many(row.state, pending)[0] if pending else row.state
+        stats = machine.window(merged, now)
         live = [expiry for _, expiry in row.state.probes if expiry > now]
-        retry_at: float | None = machine.retry_at(row.state)
-        if (
-            row.state.state == "half_open"
-            and row.state.mode == "auto"
-            and len(live) >= machine.config.half_open_max_calls
-        ):
+        retry_at = machine.retry_at(row.state)
+        if row.state.state == "half_open" and len(live) >= machine.config.half_open_max_calls:
             retry_at = min(live)
         return Snapshot(
             destination=self.destination,
             state=row.state.state,
             mode=row.state.mode,
             version=row.state.version,
-            opened_at=_to_datetime(row.state.opened_at),
+            opened_at=_datetime(row.state.opened_at),
             open_since=row.open_since,
-            retry_at=_to_datetime(retry_at),
+            retry_at=_datetime(retry_at),
             cooldown=machine.cooldown(row.state),
             calls=stats.calls,
             failures=stats.failures,
             slow_calls=stats.slow,
             failure_rate=stats.failure_rate,
             slow_rate=stats.slow_rate,
-            consecutive_failures=state.consecutive_failures,
+            consecutive_failures=merged.consecutive_failures,
             half_open_successes=row.state.half_open_successes,
             probes_in_flight=len(live),
             probe_limit=machine.config.half_open_max_calls,
             success_threshold=machine.config.success_threshold,
             pending_outcomes=len(pending),
             updated_at=row.updated_at,
-            read_at=_to_datetime(read_at) if math.isfinite(read_at) else None,
+            read_at=_datetime(read_at) if math.isfinite(read_at) else None,
         )
 
     def invalidate(self) -> None:
@@ -578,11 +421,19 @@ class Breaker:
 
     # ------------------------------------------------------------------ internals
 
+    def _refuses(self, cache: tuple[_Row, float, float | None], now: float) -> bool:
+        """Whether the cached ``(row, read_at, retry_at)`` refuses a call at ``now``."""
+        state = cache[0].state
+        if state.state == "closed":
+            return False
+        if state.mode == "forced_open":
+            return True
+        if state.state == "open":
+            return cache[2] is not None and now < cache[2]
+        return self._probes_full(state, now)
+
     def _probes_full(self, state: core.BreakerState, now: float) -> bool:
-        live = 0
-        for _, expiry in state.probes:
-            if expiry > now:
-                live += 1
+        live = sum(1 for _, expiry in state.probes if expiry > now)
         return live >= self.machine.config.half_open_max_calls
 
     def _admit(self, state: core.BreakerState, now: float) -> _Changed[Permit | None]:
@@ -667,20 +518,17 @@ class Breaker:
             for _ in range(CAS_ATTEMPTS):
                 now = _now()
                 row = self._load()
-                state, automatic = self._merge(row.state, merged)
+                state, automatic = self.machine.record_many(row.state, merged)
                 changed = change(state, now)
-                new = changed.state
-                if new.version == row.state.version:
-                    merged = []
-                    self._remember(row, now)
-                    return changed.result
-                stored = self._write(
-                    row,
-                    new,
-                    [(t, None, "") for t in automatic]
-                    + [(t, user, note) for t in changed.transitions],
-                    now,
-                )
+                stored: _Row | None = row
+                if changed.state.version != row.state.version:
+                    stored = self._write(
+                        row,
+                        changed.state,
+                        [(t, None, "") for t in automatic]
+                        + [(t, user, note) for t in changed.transitions],
+                        now,
+                    )
                 if stored is not None:
                     merged = []
                     self._remember(stored, now)
@@ -701,63 +549,6 @@ class Breaker:
             )
         return fallback()
 
-    def _merge(
-        self, state: core.BreakerState, outcomes: Sequence[tuple[core.Outcome, float]]
-    ) -> tuple[core.BreakerState, list[core.Transition]]:
-        """Apply collected outcomes to ``state`` in order, as the core would one by one.
-
-        Failures and slow calls go through :meth:`BreakerMachine.record` one by one. A run of
-        plain successes within one window bucket is added in bulk except for three: the first
-        (it may age buckets out of the window), the one that brings the window to
-        ``minimum_calls`` (where a rate may trip it; more successes in the same bucket only
-        lower the rates) and the last, which go through ``record`` so the core still makes
-        every decision. The result equals recording one by one (tested), at the cost of
-        a few core calls per second of outcomes instead of one per outcome.
-        """
-        machine = self.machine
-        config = machine.config
-        width = config.bucket_seconds
-        transitions: list[core.Transition] = []
-        run: list[tuple[core.Outcome, float]] = []
-
-        def apply(state: core.BreakerState, outcome: core.Outcome, at: float) -> core.BreakerState:
-            new, transition = machine.record(state, outcome, at)
-            if transition is not None:
-                transitions.append(transition)
-            return new
-
-        def flush_run(state: core.BreakerState) -> core.BreakerState:
-            # The first success of a run may age buckets out of the window (and so trip it).
-            state = apply(state, *run[0])
-            rest = run[1:]
-            run.clear()
-            if state.state == "closed" and len(rest) > 1:
-                # The success that brings the window to minimum_calls is where a rate may
-                # trip it (more successes only lower the rates): that one goes through record.
-                crossing = config.minimum_calls - machine.window(state, rest[0][1]).calls - 1
-                if 0 <= crossing < len(rest) - 1:
-                    if crossing:
-                        state = _add_successes(state, [at for _, at in rest[:crossing]], config)
-                    state = apply(state, *rest[crossing])
-                    rest = rest[crossing + 1 :]
-            if state.state == "closed" and len(rest) > 1:
-                state = _add_successes(state, [at for _, at in rest[:-1]], config)
-            return apply(state, *rest[-1]) if rest else state
-
-        for outcome, at in outcomes:
-            plain = outcome.kind == "success" and outcome.duration <= config.slow_call_seconds
-            if plain:
-                if run and math.floor(at / width) != math.floor(run[0][1] / width):
-                    state = flush_run(state)  # runs stay within one bucket: no aging inside
-                run.append((outcome, at))
-                continue
-            if run:
-                state = flush_run(state)
-            state = apply(state, outcome, at)
-        if run:
-            state = flush_run(state)
-        return state, transitions
-
     def _write(
         self,
         old: _Row,
@@ -766,7 +557,7 @@ class Breaker:
         now: float,
     ) -> _Row | None:
         """Store ``new`` if the row still has ``old``'s version; record ``transitions``."""
-        moment = _moment(now)
+        moment = datetime.fromtimestamp(now, tz=timezone.utc)
         if new.state == "closed":
             open_since = None
         elif old.state.state == "closed" or old.open_since is None:
@@ -778,7 +569,7 @@ class Breaker:
             "state": new.state,
             "mode": new.mode,
             "version": new.version,
-            "opened_at": _to_datetime(new.opened_at),
+            "opened_at": _datetime(new.opened_at),
             "open_since": open_since,
             "updated_at": moment,
         }
@@ -813,9 +604,8 @@ class Breaker:
     def _announce(
         self, transition: core.Transition, event: BreakerEvent, user: AnyUser | None
     ) -> None:
-        level = logging.WARNING if transition.to_state != "closed" else logging.INFO
         log.log(
-            level,
+            logging.WARNING if transition.to_state != "closed" else logging.INFO,
             "cio: circuit breaker of %s: %s/%s -> %s/%s (%s)",
             self._host(),
             transition.from_state,
@@ -844,39 +634,6 @@ class Breaker:
         return self.destination.split("#", 1)[0]
 
 
-def _add_successes(
-    state: core.BreakerState, times: Sequence[float], config: core.BreakerConfig
-) -> core.BreakerState:
-    """``state`` (closed) with plain successes at ``times`` counted in its window buckets.
-
-    Places each success as :meth:`BreakerMachine.record` would: in the bucket of its time, or
-    in the newest bucket when that one is newer (a clock behind another process's), then keeps
-    only the buckets still inside the window at the last time. Resets the failure streak.
-    """
-    width = config.bucket_seconds
-    buckets: dict[int, list[float]] = {
-        round(start / width): [start, calls, failures, slow]
-        for start, calls, failures, slow in state.buckets
-    }
-    newest = max(buckets) if buckets else None
-    for at in times:
-        index = math.floor(at / width)
-        if newest is not None and index < newest:
-            index = newest
-        bucket = buckets.setdefault(index, [index * width, 0, 0, 0])
-        bucket[1] = min(bucket[1] + 1, core.COUNTER_CAP)
-        newest = index
-    oldest = math.floor(max(times) / width) - config.window_buckets + 1
-    kept = [buckets[index] for index in sorted(buckets) if index >= oldest]
-    kept = kept[-config.window_buckets :]
-    return replace(
-        state,
-        buckets=tuple((b[0], int(b[1]), int(b[2]), int(b[3])) for b in kept),
-        consecutive_failures=0,
-        version=state.version + 1,
-    )
-
-
 def _stored_user(user: AnyUser | None) -> Any:
     """The user to store on an event: a saved user, else ``None`` (anonymous, unsaved)."""
     if user is None or user.pk is None or not user.is_authenticated:
@@ -888,7 +645,7 @@ def _unchanged(state: core.BreakerState, now: float) -> _Changed[None]:
     return _Changed(state, (), None)
 
 
-def _none() -> Any:
+def _none() -> None:
     return None
 
 
@@ -941,21 +698,3 @@ def recent_events(limit: int = 50, *, destination: str | None = None) -> QuerySe
         destination=destination or app_settings.destination
     ).order_by("-created_at", "-id")[: max(0, limit)]
     return events
-
-
-__all__ = [
-    "FLUSH_EVERY",
-    "MODES",
-    "STATES",
-    "Breaker",
-    "BreakerConflict",
-    "Mode",
-    "Permit",
-    "Snapshot",
-    "State",
-    "config_from_settings",
-    "get_breaker",
-    "outcome_for",
-    "recent_events",
-    "reset",
-]
