@@ -226,6 +226,17 @@ def _goal_lines(rows: Sequence[Row], results: Mapping[str, Mapping[str, Any]]) -
         lines.append(
             f"- {row.label}: {value} (goal {row.goal or 'none'}: {_state(row)}). {row.note}"
         )
+    for row in _find(rows, "claim-scale"):
+        lines.append(
+            f"- the claim's cost follows the work, not the history (goal {row.goal}): "
+            f"{row.label}: {row.value or 0:,.0f} µs against {row.baseline or 0:,.0f} µs with "
+            f"the small table, {row.ratio or 0:.2f}× ({_state(row)})."
+        )
+    for row in _find(rows, "direct-atomic", "documented bound"):
+        lines.append(
+            f"- direct mode inside the caller's transaction, concurrent requests: {row.label}: "
+            f"{row.value or 0:.0f} ({row.goal}: {_state(row)})."
+        )
     return lines
 
 

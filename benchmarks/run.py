@@ -11,7 +11,7 @@ Usage: ``python -m benchmarks.run [--quick|--smoke] [--no-postgres] [--runs N]
 ``--smoke`` (what ``tests/test_benchmarks.py`` runs) uses tiny sizes and one run, and writes its
 results file to a temp directory unless ``--output`` is given: it proves the suite runs, its
 figures mean nothing. ``--no-postgres`` skips the sections that need PostgreSQL (the breaker
-section runs on SQLite instead).
+and claim-scale sections run on SQLite instead, claim-scale with a smaller big table).
 """
 
 from __future__ import annotations
@@ -63,10 +63,37 @@ SECTIONS: tuple[Section, ...] = (
     ),
     Section("workers", "benchmarks.workers", postgres=True),
     Section("memory", "benchmarks.memory", postgres=True, runs_flag=False),
+    Section(
+        "claim-scale",
+        "benchmarks.claim_scale",
+        ("--db", "postgres"),
+        postgres=True,
+        sqlite_args=("--db", "sqlite"),
+    ),
+    Section(
+        "direct-atomic",
+        "benchmarks.direct_atomic",
+        ("--db", "postgres"),
+        postgres=True,
+        runs_flag=False,
+    ),
+    Section("linecount", "benchmarks.linecount", runs_flag=False),
 )
 
 #: Display order of the sections in the table.
-ORDER = ("enqueue", "idempotency", "drain", "workers", "backlog", "rate limit", "breaker", "memory")
+ORDER = (
+    "enqueue",
+    "idempotency",
+    "drain",
+    "claim-scale",
+    "workers",
+    "backlog",
+    "rate limit",
+    "breaker",
+    "direct-atomic",
+    "memory",
+    "linecount",
+)
 
 
 def run_section(
@@ -221,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--no-postgres",
         action="store_true",
-        help="skip the sections that need PostgreSQL (the breaker runs on SQLite)",
+        help="skip the sections that need PostgreSQL (breaker and claim-scale run on SQLite)",
     )
     parser.add_argument("--runs", type=int, default=None, help="runs per figure (median)")
     parser.add_argument(

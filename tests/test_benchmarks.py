@@ -4,7 +4,8 @@
 writes its results file to a temp path (never ``benchmarks/RESULTS.md``); this test checks that
 every section ran and that the table has each section's rows. Its figures mean nothing. On
 SQLite (the default env) the sections that need PostgreSQL are skipped (``--no-postgres``; the
-breaker section runs on SQLite instead); with ``CIO_TEST_DB=postgres`` every section runs.
+breaker and claim-scale sections run on SQLite instead); with ``CIO_TEST_DB=postgres`` every
+section runs.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ EXPECTED_SQLITE = {
         "queries per 1,000 calls, paced",
         "queries per 1,000 calls, tight",
     ),
+    # On SQLite with --no-postgres, on PostgreSQL otherwise.
+    "claim-scale": ("claim(200) of 200 due", "claim(200) with nothing due"),
+    "linecount": ("library size, non-blank lines", "library size, total lines"),
 }
 EXPECTED_POSTGRES = {
     "enqueue": ("track(), PostgreSQL: marginal", "track(), PostgreSQL: own transaction"),
@@ -41,6 +45,8 @@ EXPECTED_POSTGRES = {
     "backlog": ("time to drain", "max requests at the server in any 1 s window"),
     "rate limit": ("max requests in any 1 s",),
     "memory": ("draining", "backfilling"),
+    "claim-scale": ("delivered rows, PostgreSQL",),
+    "direct-atomic": ("p50 latency", "p99 latency", "calls over the documented bound"),
 }
 
 
