@@ -601,3 +601,21 @@ def test_the_fast_insert_stores_the_same_row_as_save(
     # The in-memory objects returned agree with their rows too.
     for op in (fast, slow):
         assert op.created_at == Operation.objects.get(pk=op.pk).created_at
+
+
+def test_the_single_send_fallback_honours_the_drain_deadline(
+    outbox_mode: FakeCustomerIO,
+) -> None:
+    """After a whole batch is refused, each single send is a request of its own: once the
+    drain must stop (its deadline, a SIGTERM), the rest is handed back unsent, attempt kept."""
+    ops = [cio.track(i, "x") for i in range(4)]
+    outbox_mode.fail_next(1, status=400)
+
+    def stop_after_one_single() -> str:
+        return "time limit" if len(outbox_mode.requests) >= 2 else ""
+
+    result = outbox.drain(max_seconds=30, should_stop=stop_after_one_single, sleep=lambda s: None)
+    assert len(outbox_mode.requests) == 2  # the refused batch, then one single send
+    assert (result.delivered, result.released, result.stopped) == (1, 3, "time limit")
+    left = Operation.objects.filter(pk__in=[op.pk for op in ops]).exclude(status=Status.DELIVERED)
+    assert sorted((o.status, o.attempts) for o in left) == [(Status.PENDING, 0)] * 3
