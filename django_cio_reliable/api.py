@@ -6,7 +6,6 @@ site, nothing stored), stores one operation in the caller's database transaction
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
 from django_cio_reliable import validation
@@ -20,22 +19,8 @@ if TYPE_CHECKING:
     from django_cio_reliable.models import Operation
     from django_cio_reliable.privacy import ForgetResult
 
-log = logging.getLogger(__name__)
-
 #: Window of content-derived keys (``idempotency_key=DERIVE``), in seconds.
 DERIVED_KEY_WINDOW = 300.0
-
-
-def _key(
-    value: str | _Derive | None, kind: str, customer_id: str, payload: Mapping[str, Any]
-) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, _Derive):
-        from django_cio_reliable.outbox import person_key
-
-        return derive_key(kind, person_key(kind, customer_id), payload, window=DERIVED_KEY_WINDOW)
-    return validate_key(value)
 
 
 def _store(
@@ -49,7 +34,12 @@ def _store(
 ) -> Operation:
     from django_cio_reliable import outbox
 
-    key = _key(idempotency_key, kind, customer_id, payload)
+    key: str | None = None
+    if isinstance(idempotency_key, _Derive):
+        person = outbox.person_key(kind, customer_id)
+        key = derive_key(kind, person, payload, window=DERIVED_KEY_WINDOW)
+    elif idempotency_key is not None:
+        key = validate_key(idempotency_key)
     if size is None:
         size = validation.json_bytes(payload)
     if app_settings.DELIVERY == "direct":

@@ -11,6 +11,7 @@ and what it accepts; they never contain the API key (or any credential found in 
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import math
 from collections.abc import Sequence
@@ -27,7 +28,7 @@ from django.core.checks import ERROR, WARNING, CheckMessage, Error, Tags, regist
 from django.core.checks import Warning as CheckWarning
 from django.utils.module_loading import import_string
 
-from django_cio_reliable.conf import DEFAULTS, SETTING_NAME, app_settings
+from django_cio_reliable.conf import DEFAULTS, SETTING_NAME, app_settings, user_settings
 
 #: The tag of every check here: ``manage.py check --tag cio_reliable`` runs only these.
 TAG: Final = "cio_reliable"
@@ -38,18 +39,21 @@ class CheckSpec:
     """One registered check id.
 
     Attributes:
-        id: The stable id, ``cio_reliable.E001`` or ``cio_reliable.W001``.
-        level: ``django.core.checks.ERROR`` or ``WARNING``; matches the id's letter.
+        id: The stable id, ``cio_reliable.E001`` (an error) or ``cio_reliable.W001`` (a warning).
         title: A short summary for the docs table.
         msg: The message template (``str.format`` fields, no literal braces).
         hint: The hint template (same fields as ``msg``).
     """
 
     id: str
-    level: int
     title: str
     msg: str
     hint: str
+
+    @property
+    def level(self) -> int:
+        """``django.core.checks.ERROR`` or ``WARNING``, from the id's letter."""
+        return ERROR if self.id[13] == "E" else WARNING
 
 
 def _build_registry(*specs: CheckSpec) -> dict[str, CheckSpec]:
@@ -67,7 +71,6 @@ _BROKER_KEYS: Final = ("orm", "redis", "django_redis", "sqs", "iron_mq", "mongo"
 CHECKS: Final[dict[str, CheckSpec]] = _build_registry(
     CheckSpec(
         "cio_reliable.E001",
-        ERROR,
         "Customer.io credentials missing",
         "CIO_RELIABLE['{key}'] is empty{detail}; no operation can be delivered.",
         "Set CIO_RELIABLE['{key}'] to the {label} of your workspace's Track API credentials "
@@ -75,7 +78,6 @@ CHECKS: Final[dict[str, CheckSpec]] = _build_registry(
     ),
     CheckSpec(
         "cio_reliable.E002",
-        ERROR,
         "CIO_RELIABLE is not a dict",
         "The CIO_RELIABLE setting must be a dict; got a value of type {type}.",
         "Write CIO_RELIABLE as a dict of settings, e.g. "
@@ -83,14 +85,12 @@ CHECKS: Final[dict[str, CheckSpec]] = _build_registry(
     ),
     CheckSpec(
         "cio_reliable.E003",
-        ERROR,
         "A setting has the wrong type",
         "CIO_RELIABLE['{key}'] must be {accepted}; got a value of type {type}.",
         "Set CIO_RELIABLE['{key}'] to {accepted}, or remove it to use the default ({default}).",
     ),
     CheckSpec(
         "cio_reliable.E004",
-        ERROR,
         "A numeric setting is out of range",
         "CIO_RELIABLE['{key}'] must be {accepted}; got {value}.",
         "Set CIO_RELIABLE['{key}'] to {accepted}, or remove it to use the default "
@@ -98,7 +98,6 @@ CHECKS: Final[dict[str, CheckSpec]] = _build_registry(
     ),
     CheckSpec(
         "cio_reliable.E005",
-        ERROR,
         "REGION, DELIVERY or DISPATCH is not an accepted value",
         "CIO_RELIABLE['{key}'] must be {accepted}; got {value}.",
         "Set CIO_RELIABLE['{key}'] to {accepted}, or remove it to use the default "
@@ -106,7 +105,6 @@ CHECKS: Final[dict[str, CheckSpec]] = _build_registry(
     ),
     CheckSpec(
         "cio_reliable.E006",
-        ERROR,
         "TRACK_URL is not a usable base URL",
         "CIO_RELIABLE['TRACK_URL'] is not a usable base URL: {problems}.",
         "Use an origin such as 'https://track.customer.io' or, for the bundled fake server, "
@@ -116,14 +114,12 @@ CHECKS: Final[dict[str, CheckSpec]] = _build_registry(
     ),
     CheckSpec(
         "cio_reliable.E007",
-        ERROR,
         "Retry or lease timing settings contradict each other",
         "CIO_RELIABLE['{key}'] ({value}) must be {relation} ({bound}).",
         "{reason}",
     ),
     CheckSpec(
         "cio_reliable.E008",
-        ERROR,
         "IDEMPOTENCY_TTL is shorter than MAX_AGE + REPLAY_WINDOW",
         "CIO_RELIABLE['IDEMPOTENCY_TTL'] ({ttl}) must be at least "
         "CIO_RELIABLE['MAX_AGE'] + CIO_RELIABLE['REPLAY_WINDOW'] ({needed}).",
@@ -133,7 +129,6 @@ CHECKS: Final[dict[str, CheckSpec]] = _build_registry(
     ),
     CheckSpec(
         "cio_reliable.E009",
-        ERROR,
         "django_q is not installed",
         "'django_q' is not in INSTALLED_APPS: the delivery tasks and the drain schedule of "
         "django-cio-reliable run on django-q2.",
@@ -142,14 +137,12 @@ CHECKS: Final[dict[str, CheckSpec]] = _build_registry(
     ),
     CheckSpec(
         "cio_reliable.E010",
-        ERROR,
         "Q_CLUSTER is not a dict",
         "The Q_CLUSTER setting must be a dict; got a value of type {type}.",
         "Write Q_CLUSTER as a dict, e.g. dict(name='cio', orm='default', timeout=60, retry=120).",
     ),
     CheckSpec(
         "cio_reliable.E011",
-        ERROR,
         "No django-q2 broker while DISPATCH is 'task'",
         "Q_CLUSTER {problem}, but CIO_RELIABLE['DISPATCH'] is 'task': every operation is "
         "handed to django-q2, which would fall back to a Redis server on localhost.",
@@ -159,7 +152,6 @@ CHECKS: Final[dict[str, CheckSpec]] = _build_registry(
     ),
     CheckSpec(
         "cio_reliable.E012",
-        ERROR,
         "Q_CLUSTER timeout is not smaller than retry",
         "Q_CLUSTER['timeout'] ({timeout}) must be a number greater than 0 and smaller than "
         "Q_CLUSTER['retry'] ({retry}).",
@@ -168,7 +160,6 @@ CHECKS: Final[dict[str, CheckSpec]] = _build_registry(
     ),
     CheckSpec(
         "cio_reliable.E013",
-        ERROR,
         "DRAIN_MAX_SECONDS is not smaller than Q_CLUSTER timeout",
         "CIO_RELIABLE['DRAIN_MAX_SECONDS'] ({drain}) must be smaller than "
         "Q_CLUSTER['timeout'] ({timeout}).",
@@ -178,7 +169,6 @@ CHECKS: Final[dict[str, CheckSpec]] = _build_registry(
     ),
     CheckSpec(
         "cio_reliable.E014",
-        ERROR,
         "CACHE_ALIAS names no configured cache",
         "CIO_RELIABLE['CACHE_ALIAS'] is {alias}, which is not a key of CACHES.",
         "Use one of the configured aliases ({aliases}), or remove CACHE_ALIAS to let each "
@@ -186,47 +176,41 @@ CHECKS: Final[dict[str, CheckSpec]] = _build_registry(
     ),
     CheckSpec(
         "cio_reliable.E015",
-        ERROR,
         "A HOOKS entry is malformed",
-        "CIO_RELIABLE['HOOKS'][{index}] is not a valid hook definition: {problems}.",
+        "CIO_RELIABLE['HOOKS'][{index}] is not a valid hook definition: {detail}.",
         "Each entry is a dict with 'kind' (one of {kinds}), 'model' ('app_label.ModelName'), "
         "'customer_id' (a callable or its dotted path) and the keys of its kind; "
         "docs/hooks.md lists them.",
     ),
     CheckSpec(
         "cio_reliable.E016",
-        ERROR,
         "A HOOKS entry names an unknown model",
-        "CIO_RELIABLE['HOOKS'][{index}] ({kind}) names the model {model}, {problem}.",
+        "CIO_RELIABLE['HOOKS'][{index}] ({kind}) names the model {model}, {detail}.",
         "Set 'model' to the label of an installed, concrete model: 'app_label.ModelName' "
         "(e.g. 'auth.User').",
     ),
     CheckSpec(
         "cio_reliable.E017",
-        ERROR,
         "A HOOKS callable cannot be imported or is not callable",
-        "CIO_RELIABLE['HOOKS'][{index}] ({kind}): '{key}' {problem}.",
+        "CIO_RELIABLE['HOOKS'][{index}] ({kind}): '{key}' {detail}.",
         "Give '{key}' the dotted path of a module-level function (e.g. "
         "'myapp.cio.user_attributes'), or the function itself.",
     ),
     CheckSpec(
         "cio_reliable.E018",
-        ERROR,
         "A HOOKS entry watches a field its model lacks",
-        "CIO_RELIABLE['HOOKS'][{index}] ({kind}): '{key}' names {fields}, {problem} of {model}.",
+        "CIO_RELIABLE['HOOKS'][{index}] ({kind}): '{key}' names {detail}, {which} of {model}.",
         "Name concrete fields of {model} (a field name, or an attname such as 'user_id'); "
         "many-to-many fields and reverse relations are not saved with the instance.",
     ),
     CheckSpec(
         "cio_reliable.W001",
-        WARNING,
         "Unknown key in CIO_RELIABLE",
         "CIO_RELIABLE has an unknown key {key}, which is ignored.",
         "{suggestion}docs/settings.md lists every setting.",
     ),
     CheckSpec(
         "cio_reliable.W002",
-        WARNING,
         "TRACK_URL sends the API key in cleartext",
         "CIO_RELIABLE['TRACK_URL'] uses plain http to the non-loopback host {host}: the API "
         "key would cross the network unencrypted.",
@@ -236,7 +220,6 @@ CHECKS: Final[dict[str, CheckSpec]] = _build_registry(
     ),
     CheckSpec(
         "cio_reliable.W003",
-        WARNING,
         "health_check is not installed",
         "'health_check' is not in INSTALLED_APPS: the django-cio-reliable health check plugin "
         "(breaker state, backlog, dead letters) is unavailable.",
@@ -245,7 +228,6 @@ CHECKS: Final[dict[str, CheckSpec]] = _build_registry(
     ),
     CheckSpec(
         "cio_reliable.W004",
-        WARNING,
         "No django-q2 broker while DISPATCH is 'inline'",
         "Q_CLUSTER {problem}: the drain schedule that retries failed operations would run on "
         "django-q2's fallback broker, a Redis server on localhost.",
@@ -254,7 +236,6 @@ CHECKS: Final[dict[str, CheckSpec]] = _build_registry(
     ),
     CheckSpec(
         "cio_reliable.W005",
-        WARNING,
         "Q_CLUSTER has no timeout",
         "Q_CLUSTER sets no 'timeout': django-q2 never stops a hung drain task, and a task "
         "running longer than Q_CLUSTER['retry'] ({retry}) is started a second time.",
@@ -262,7 +243,6 @@ CHECKS: Final[dict[str, CheckSpec]] = _build_registry(
     ),
     CheckSpec(
         "cio_reliable.W006",
-        WARNING,
         "CACHE_ALIAS names a process-local cache",
         "CIO_RELIABLE['CACHE_ALIAS'] is {alias}, a {backend} that {problem}; the drain-kick "
         "debounce it holds must be seen by every process to be shared.",
@@ -271,7 +251,6 @@ CHECKS: Final[dict[str, CheckSpec]] = _build_registry(
     ),
     CheckSpec(
         "cio_reliable.W007",
-        WARNING,
         "USE_TZ is False",
         "USE_TZ is False: django-cio-reliable computes leases, retry times and retention "
         "with aware datetimes; naive ones shift across time zones and DST changes.",
@@ -279,7 +258,6 @@ CHECKS: Final[dict[str, CheckSpec]] = _build_registry(
     ),
     CheckSpec(
         "cio_reliable.W008",
-        WARNING,
         "Two HOOKS entries share a dispatch uid",
         "CIO_RELIABLE['HOOKS'][{index}] ({kind}) has the dispatch uid {uid}, like "
         "CIO_RELIABLE['HOOKS'][{first}]: only the later one is registered.",
@@ -288,7 +266,6 @@ CHECKS: Final[dict[str, CheckSpec]] = _build_registry(
     ),
     CheckSpec(
         "cio_reliable.W009",
-        WARNING,
         "SQLite without transaction_mode IMMEDIATE",
         "DATABASES[{alias}] is SQLite with transaction_mode {mode}: when a web process and a "
         "qcluster worker write at once, SQLite refuses one of them with 'database is locked' "
@@ -304,33 +281,27 @@ RETIRED_IDS: Final[frozenset[str]] = frozenset()
 
 def _message(check_id: str, **params: object) -> CheckMessage:
     spec = CHECKS[check_id]
-    kind = Error if spec.level >= ERROR else CheckWarning
+    kind = Error if spec.level == ERROR else CheckWarning
     return kind(spec.msg.format(**params), hint=spec.hint.format(**params), id=check_id)
 
 
 def _num(value: float) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
     if isinstance(value, float):
-        return repr(round(value, 6))
+        return str(int(value)) if value.is_integer() else repr(round(value, 6))
     return repr(value)
+
+
+_PLAIN_KINDS: Final = {"str": "a string", "bool": "True or False", "list": "a list"}
 
 
 @dataclass(frozen=True)
 class Rule:
     """What one ``CIO_RELIABLE`` key accepts.
 
-    Attributes:
-        kind: ``"str"``, ``"bool"``, ``"int"`` (not ``bool``), ``"number"`` (``int`` or
-            ``float``, finite, not ``bool``), ``"choice"`` (a string from ``choices``) or
-            ``"list"`` (a list or tuple; its items are checked apart).
-        low: The lower bound of a numeric setting, or ``None``.
-        low_inclusive: Whether ``low`` itself is allowed.
-        high: The (inclusive) upper bound of a numeric setting, or ``None``.
-        nullable: Whether ``None`` is allowed.
-        choices: The accepted strings of a ``"choice"`` setting.
-        ignore_case: Whether ``choices`` are compared case-insensitively.
-        note: An extra sentence for the hint.
+    ``kind`` is ``"str"``, ``"bool"``, ``"int"`` (not ``bool``), ``"number"`` (``int`` or
+    ``float``, finite, not ``bool``), ``"choice"`` (a string from ``choices``) or ``"list"`` (a
+    list or tuple; its items are checked apart). ``high`` is inclusive; ``low`` is unless
+    ``low_inclusive`` is false. ``note`` is an extra sentence for the hint.
     """
 
     kind: Literal["str", "bool", "int", "number", "choice", "list"]
@@ -345,12 +316,8 @@ class Rule:
     @property
     def accepted(self) -> str:
         """What the setting accepts, in words (also the "accepted" column of the docs)."""
-        if self.kind == "str":
-            text = "a string"
-        elif self.kind == "bool":
-            text = "True or False"
-        elif self.kind == "list":
-            text = "a list"
+        if self.kind in _PLAIN_KINDS:
+            text = _PLAIN_KINDS[self.kind]
         elif self.kind == "choice":
             text = "one of " + ", ".join(repr(choice) for choice in self.choices)
             if self.ignore_case:
@@ -493,17 +460,9 @@ SETTING_RULES: Final[dict[str, Rule]] = {
 }
 
 
-def _raw_settings() -> dict[str, Any] | None:
-    """The user's ``CIO_RELIABLE`` (``{}`` when unset), or ``None`` when it is not a dict."""
-    value = getattr(settings, SETTING_NAME, None)
-    if value is None:
-        return {}
-    return value if isinstance(value, dict) else None
-
-
 def _valid_values() -> dict[str, Any]:
     """Every setting whose value passes its :class:`Rule` (defaults filled in)."""
-    raw = _raw_settings() or {}
+    raw = user_settings() or {}
     values = {**DEFAULTS, **{key: raw[key] for key in DEFAULTS if key in raw}}
     return {
         key: value for key, value in values.items() if SETTING_RULES[key].problem(value) is None
@@ -512,16 +471,8 @@ def _valid_values() -> dict[str, Any]:
 
 @register(TAG)
 def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
-    """Check ``CIO_RELIABLE``: its shape, keys, types, ranges, credentials and relations.
-
-    Args:
-        app_configs: The apps being checked (unused: settings are global).
-        **kwargs: Other arguments of the check framework.
-
-    Returns:
-        One message per problem; empty when the configuration is valid.
-    """
-    raw = _raw_settings()
+    """Check ``CIO_RELIABLE``: its shape, keys, types, ranges, credentials and relations."""
+    raw = user_settings()
     if raw is None:
         return [_message("cio_reliable.E002", type=type(getattr(settings, SETTING_NAME)).__name__)]
     messages: list[CheckMessage] = []
@@ -571,15 +522,8 @@ def _check_credentials(valid: dict[str, Any]) -> list[CheckMessage]:
         else:
             detail = " and CIO_RELIABLE['API_KEY_ENV'] is empty, so no environment variable is read"
             env_hint = ""
-        messages.append(
-            _message(
-                "cio_reliable.E001",
-                key="API_KEY",
-                detail=detail,
-                label="API key",
-                env_hint=env_hint,
-            )
-        )
+        params = {"key": "API_KEY", "detail": detail, "label": "API key", "env_hint": env_hint}
+        messages.append(_message("cio_reliable.E001", **params))
     return messages
 
 
@@ -635,70 +579,56 @@ def _add(a: float, b: float) -> float:
         return math.inf
 
 
+#: E007: a setting, the settings whose sum bounds it, how it must compare with the sum, and why.
+_RELATIONS: Final = (
+    (
+        "RETRY_CAP",
+        ("RETRY_BASE",),
+        "at least",
+        "The backoff is random(0, min(RETRY_CAP, RETRY_BASE * 2**attempt)); a cap below the "
+        "base makes every delay shorter than the base. Raise RETRY_CAP or lower RETRY_BASE.",
+    ),
+    (
+        "LEASE_SECONDS",
+        ("TIMEOUT", "CONNECT_TIMEOUT"),
+        "greater than",
+        "A claim must outlive one request, else another worker takes over an operation that is "
+        "still being sent. Raise LEASE_SECONDS or lower the timeouts.",
+    ),
+    (
+        "BREAKER_RESET_TIMEOUT_MAX",
+        ("BREAKER_RESET_TIMEOUT",),
+        "at least",
+        "The breaker's cooldown starts at BREAKER_RESET_TIMEOUT and grows up to "
+        "BREAKER_RESET_TIMEOUT_MAX. Raise BREAKER_RESET_TIMEOUT_MAX or lower "
+        "BREAKER_RESET_TIMEOUT.",
+    ),
+    (
+        "BREAKER_PROBE_LEASE_SECONDS",
+        ("TIMEOUT", "CONNECT_TIMEOUT"),
+        "greater than",
+        "A half-open probe holds its slot for one request; a lease that expires while the probe "
+        "is still waiting for Customer.io admits another probe. Raise "
+        "BREAKER_PROBE_LEASE_SECONDS, or remove it to derive it from the timeouts.",
+    ),
+)
+
+
 def _check_relations(valid: dict[str, Any]) -> list[CheckMessage]:
     messages: list[CheckMessage] = []
-    if "RETRY_BASE" in valid and "RETRY_CAP" in valid and valid["RETRY_CAP"] < valid["RETRY_BASE"]:
-        messages.append(
-            _message(
-                "cio_reliable.E007",
-                key="RETRY_CAP",
-                value=_num(valid["RETRY_CAP"]),
-                relation="at least CIO_RELIABLE['RETRY_BASE']",
-                bound=_num(valid["RETRY_BASE"]),
-                reason="The backoff is random(0, min(RETRY_CAP, RETRY_BASE * 2**attempt)); a cap "
-                "below the base makes every delay shorter than the base. Raise RETRY_CAP or "
-                "lower RETRY_BASE.",
-            )
-        )
-    if all(key in valid for key in ("LEASE_SECONDS", "TIMEOUT", "CONNECT_TIMEOUT")):
-        request = _add(valid["TIMEOUT"], valid["CONNECT_TIMEOUT"])
-        if valid["LEASE_SECONDS"] <= request:
+    for key, terms, relation, reason in _RELATIONS:
+        if valid.get(key) is None or any(term not in valid for term in terms):
+            continue  # invalid (reported above) or None (BREAKER_PROBE_LEASE_SECONDS: derived)
+        bound = functools.reduce(_add, (valid[term] for term in terms))
+        if valid[key] <= bound if relation == "greater than" else valid[key] < bound:
             messages.append(
                 _message(
                     "cio_reliable.E007",
-                    key="LEASE_SECONDS",
-                    value=_num(valid["LEASE_SECONDS"]),
-                    relation="greater than CIO_RELIABLE['TIMEOUT'] + "
-                    "CIO_RELIABLE['CONNECT_TIMEOUT']",
-                    bound=_num(request),
-                    reason="A claim must outlive one request, else another worker takes over "
-                    "an operation that is still being sent. Raise LEASE_SECONDS or lower the "
-                    "timeouts.",
-                )
-            )
-    if (
-        "BREAKER_RESET_TIMEOUT" in valid
-        and "BREAKER_RESET_TIMEOUT_MAX" in valid
-        and valid["BREAKER_RESET_TIMEOUT_MAX"] < valid["BREAKER_RESET_TIMEOUT"]
-    ):
-        messages.append(
-            _message(
-                "cio_reliable.E007",
-                key="BREAKER_RESET_TIMEOUT_MAX",
-                value=_num(valid["BREAKER_RESET_TIMEOUT_MAX"]),
-                relation="at least CIO_RELIABLE['BREAKER_RESET_TIMEOUT']",
-                bound=_num(valid["BREAKER_RESET_TIMEOUT"]),
-                reason="The breaker's cooldown starts at BREAKER_RESET_TIMEOUT and grows up to "
-                "BREAKER_RESET_TIMEOUT_MAX. Raise BREAKER_RESET_TIMEOUT_MAX or lower "
-                "BREAKER_RESET_TIMEOUT.",
-            )
-        )
-    probe_lease = valid.get("BREAKER_PROBE_LEASE_SECONDS")
-    if probe_lease is not None and all(key in valid for key in ("TIMEOUT", "CONNECT_TIMEOUT")):
-        request = _add(valid["TIMEOUT"], valid["CONNECT_TIMEOUT"])
-        if probe_lease <= request:
-            messages.append(
-                _message(
-                    "cio_reliable.E007",
-                    key="BREAKER_PROBE_LEASE_SECONDS",
-                    value=_num(probe_lease),
-                    relation="greater than CIO_RELIABLE['TIMEOUT'] + "
-                    "CIO_RELIABLE['CONNECT_TIMEOUT']",
-                    bound=_num(request),
-                    reason="A half-open probe holds its slot for one request; a lease that "
-                    "expires while the probe is still waiting for Customer.io admits another "
-                    "probe. Raise BREAKER_PROBE_LEASE_SECONDS, or remove it to derive it from "
-                    "the timeouts.",
+                    key=key,
+                    value=_num(valid[key]),
+                    relation=f"{relation} " + " + ".join(f"CIO_RELIABLE['{t}']" for t in terms),
+                    bound=_num(bound),
+                    reason=reason,
                 )
             )
     if all(key in valid for key in ("IDEMPOTENCY_TTL", "MAX_AGE", "REPLAY_WINDOW")):
@@ -712,26 +642,9 @@ def _check_relations(valid: dict[str, Any]) -> list[CheckMessage]:
     return messages
 
 
-def _positive_number(value: object) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and (not isinstance(value, float) or math.isfinite(value))
-        and value > 0
-    )
-
-
 @register(TAG)
 def check_task_queue(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
-    """Check the django-q2 and django-health-check integration.
-
-    Args:
-        app_configs: The apps being checked (unused: settings are global).
-        **kwargs: Other arguments of the check framework.
-
-    Returns:
-        One message per problem; empty when the configuration is valid.
-    """
+    """Check the django-q2 and django-health-check integration."""
     messages: list[CheckMessage] = []
     if not apps.is_installed("django_q"):
         messages.append(_message("cio_reliable.E009"))
@@ -742,16 +655,10 @@ def check_task_queue(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> 
     if cluster is not None and not isinstance(cluster, dict):
         messages.append(_message("cio_reliable.E010", type=type(cluster).__name__))
         return messages
-    brokers = ", ".join(repr(key) for key in _BROKER_KEYS)
-    if cluster is None:
-        problem = "is not set"
-    elif not ("redis" in cluster or any(cluster.get(key) for key in _BROKER_KEYS)):
-        problem = "configures no broker"
-    else:
-        problem = ""
-    if problem:
-        raw = _raw_settings() or {}
-        inline = raw.get("DISPATCH", DEFAULTS["DISPATCH"]) == "inline"
+    if cluster is None or not ("redis" in cluster or any(cluster.get(key) for key in _BROKER_KEYS)):
+        problem = "is not set" if cluster is None else "configures no broker"
+        brokers = ", ".join(repr(key) for key in _BROKER_KEYS)
+        inline = (user_settings() or {}).get("DISPATCH", DEFAULTS["DISPATCH"]) == "inline"
         check_id = "cio_reliable.W004" if inline else "cio_reliable.E011"
         messages.append(_message(check_id, problem=problem, brokers=brokers))
     if cluster is None:
@@ -761,7 +668,7 @@ def check_task_queue(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> 
     retry = cluster.get("retry", 60)
     if timeout is None:
         messages.append(_message("cio_reliable.W005", retry=repr(retry)))
-    elif not (_positive_number(timeout) and _positive_number(retry) and timeout < retry):
+    elif _POSITIVE.problem(timeout) or _POSITIVE.problem(retry) or not timeout < retry:
         messages.append(_message("cio_reliable.E012", timeout=repr(timeout), retry=repr(retry)))
     else:
         drain = _valid_values().get("DRAIN_MAX_SECONDS")
@@ -784,15 +691,7 @@ _PROCESS_LOCAL: Final[tuple[tuple[type[Any], str, str], ...]] = (
 
 @register(TAG, Tags.caches)
 def check_cache(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
-    """Check that ``CACHE_ALIAS``, when set, names a cache every process shares.
-
-    Args:
-        app_configs: The apps being checked (unused: settings are global).
-        **kwargs: Other arguments of the check framework.
-
-    Returns:
-        One message per problem; empty when the configuration is valid.
-    """
+    """Check that ``CACHE_ALIAS``, when set, names a cache every process shares."""
     alias = _valid_values().get("CACHE_ALIAS")
     if alias is None:
         return []
@@ -821,15 +720,7 @@ def check_cache(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[
 
 @register(TAG)
 def check_time_zone(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
-    """Warn when ``USE_TZ`` is off.
-
-    Args:
-        app_configs: The apps being checked (unused: settings are global).
-        **kwargs: Other arguments of the check framework.
-
-    Returns:
-        A warning when ``USE_TZ`` is ``False``; empty otherwise.
-    """
+    """Warn when ``USE_TZ`` is off."""
     return [] if settings.USE_TZ else [_message("cio_reliable.W007")]
 
 
@@ -837,15 +728,7 @@ def check_time_zone(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> l
 def check_sqlite_transactions(
     app_configs: Sequence[AppConfig] | None, **kwargs: Any
 ) -> list[CheckMessage]:
-    """Warn when the outbox lives in SQLite opened in the default (deferred) transaction mode.
-
-    Args:
-        app_configs: The apps being checked (unused: settings are global).
-        **kwargs: Other arguments of the check framework.
-
-    Returns:
-        A warning for the outbox's database when it is SQLite without ``IMMEDIATE``.
-    """
+    """Warn when the outbox lives in SQLite opened in the default (deferred) transaction mode."""
     from django.db import router
 
     from django_cio_reliable.models import Operation
@@ -860,18 +743,20 @@ def check_sqlite_transactions(
     return [_message("cio_reliable.W009", alias=repr(alias), mode=repr(mode or "DEFERRED"))]
 
 
+#: The check id of each kind of ``hooks.ConfigProblem``.
+_HOOK_CHECKS: Final = {
+    "malformed": "cio_reliable.E015",
+    "model": "cio_reliable.E016",
+    "callable": "cio_reliable.E017",
+    "field": "cio_reliable.E018",
+    "duplicate": "cio_reliable.W008",
+}
+
+
 @register(TAG)
 def check_hooks(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
-    """Check the entries of ``CIO_RELIABLE["HOOKS"]``: shape, model, callables and fields.
-
-    Args:
-        app_configs: The apps being checked (unused: settings are global).
-        **kwargs: Other arguments of the check framework.
-
-    Returns:
-        One message per problem; empty when every entry is valid.
-    """
-    raw = _raw_settings()
+    """Check the entries of ``CIO_RELIABLE["HOOKS"]``: shape, model, callables and fields."""
+    raw = user_settings()
     entries = (raw or {}).get("HOOKS", DEFAULTS["HOOKS"])
     if raw is None or SETTING_RULES["HOOKS"].problem(entries) is not None:
         return []  # E002 / E003
@@ -881,50 +766,12 @@ def check_hooks(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[
     kinds = ", ".join(repr(kind) for kind in hooks.KINDS)
     messages: list[CheckMessage] = []
     for problem in problems:
-        common: dict[str, object] = {"index": problem.index, "kind": problem.kind}
-        if problem.code == "malformed":
-            messages.append(
-                _message("cio_reliable.E015", problems=problem.detail, kinds=kinds, **common)
-            )
-        elif problem.code == "model":
-            messages.append(
-                _message(
-                    "cio_reliable.E016",
-                    model=problem.params["model"],
-                    problem=problem.detail,
-                    **common,
-                )
-            )
-        elif problem.code == "callable":
-            messages.append(
-                _message(
-                    "cio_reliable.E017", key=problem.params["key"], problem=problem.detail, **common
-                )
-            )
-        elif problem.code == "field":
-            messages.append(
-                _message(
-                    "cio_reliable.E018",
-                    key=problem.params["key"],
-                    fields=problem.detail,
-                    problem=(
-                        "which are not concrete fields"
-                        if "," in problem.detail
-                        else "which is not a concrete field"
-                    ),
-                    model=problem.params["model"],
-                    **common,
-                )
-            )
-        else:
-            messages.append(
-                _message(
-                    "cio_reliable.W008",
-                    uid=problem.params["uid"],
-                    first=problem.params["first"],
-                    **common,
-                )
-            )
+        plural = "," in problem.detail
+        which = "which are not concrete fields" if plural else "which is not a concrete field"
+        params = {**problem.params, "index": problem.index, "kind": problem.kind, "which": which}
+        messages.append(
+            _message(_HOOK_CHECKS[problem.code], detail=problem.detail, kinds=kinds, **params)
+        )
     return messages
 
 
@@ -933,9 +780,6 @@ def registry_table() -> str:
     lines = ["| id | level | summary |", "| --- | --- | --- |"]
     for spec in CHECKS.values():
         level = "Error" if spec.level >= ERROR else "Warning"
-        lines.append(f"| [`{spec.id}`](#{_anchor(spec.id)}) | {level} | {spec.title} |")
+        anchor = spec.id.lower().replace(".", "")
+        lines.append(f"| [`{spec.id}`](#{anchor}) | {level} | {spec.title} |")
     return "\n".join(lines) + "\n"
-
-
-def _anchor(check_id: str) -> str:
-    return check_id.lower().replace(".", "")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Generic, Literal, TypeVar, cast
 
 from django.conf import settings as django_settings
 from django.core.signals import setting_changed
@@ -68,7 +68,7 @@ DEFAULTS: Final[dict[str, Any]] = {
     "RETAIN_DEAD": 30 * 24 * 3600,
     "SCRUB_DELIVERED": True,
     "PURGE_BATCH_SIZE": 1000,
-    # Shared state (breaker cache, rate limiter, pauses).
+    # A cache shared by every process, for the drain-kick debounce.
     "CACHE_ALIAS": None,
     # Model hooks declared in settings (docs/hooks.md).
     "HOOKS": [],
@@ -98,10 +98,7 @@ _reset_callbacks: list[Callable[[], None]] = []
 
 
 def on_reset(callback: Callable[[], None]) -> Callable[[], None]:
-    """Register ``callback`` to run whenever ``CIO_RELIABLE`` changes.
-
-    Usable as a decorator; returns ``callback`` unchanged.
-    """
+    """Register ``callback`` to run whenever ``CIO_RELIABLE`` changes (usable as a decorator)."""
     _reset_callbacks.append(callback)
     return callback
 
@@ -118,14 +115,31 @@ def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
         reset()
 
 
-def user_settings() -> dict[str, Any]:
-    """Return the user's ``CIO_RELIABLE`` dict (empty when it is not set)."""
+def user_settings() -> dict[str, Any] | None:
+    """The user's ``CIO_RELIABLE`` (``{}`` when unset), or ``None`` when it is not a dict."""
     value = getattr(django_settings, SETTING_NAME, None)
     if value is None:
         return {}
-    if not isinstance(value, dict):
-        return {}
-    return value
+    return value if isinstance(value, dict) else None
+
+
+_T = TypeVar("_T")
+
+
+class _Setting(Generic[_T]):
+    """A read-only :class:`Settings` attribute: its setting (or default) through ``convert``."""
+
+    def __init__(self, convert: Callable[[Any], _T]) -> None:
+        self.convert = convert
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: Settings, owner: object = None) -> _T:
+        return self.convert(instance.get(self.name))
+
+    def __set__(self, instance: Settings, value: object) -> None:
+        raise AttributeError(f"{self.name} is read from CIO_RELIABLE on every access")
 
 
 class Settings:
@@ -135,200 +149,61 @@ class Settings:
         """Return a setting by name, falling back to its default."""
         if name not in DEFAULTS:
             raise AttributeError(f"unknown django-cio-reliable setting {name!r}")
-        return user_settings().get(name, DEFAULTS[name])
+        return (user_settings() or {}).get(name, DEFAULTS[name])
 
-    @property
-    def SITE_ID(self) -> str:
-        return str(self.get("SITE_ID") or "")
+    SITE_ID = _Setting(lambda value: str(value or ""))
+    REGION = _Setting(lambda value: str(value).lower())
+    TRACK_URL = _Setting(lambda value: str(value).rstrip("/") if value else None)
+    DELIVERY = _Setting(lambda value: cast(Delivery, value))
+    DISPATCH = _Setting(lambda value: cast(Dispatch, value))
+    TIMEOUT = _Setting(float)
+    CONNECT_TIMEOUT = _Setting(float)
+    MAX_ERROR_BODY_BYTES = _Setting(int)
+    MAX_ATTEMPTS = _Setting(int)
+    MAX_AGE = _Setting(float)
+    RETRY_BASE = _Setting(float)
+    RETRY_CAP = _Setting(float)
+    DIRECT_ATTEMPTS = _Setting(int)
+    RATE_LIMIT = _Setting(float)
+    BATCH = _Setting(bool)
+    BATCH_SIZE = _Setting(int)
+    BATCH_MAX_BYTES = _Setting(int)
+    CLAIM_SIZE = _Setting(int)
+    LEASE_SECONDS = _Setting(float)
+    DRAIN_MAX_SECONDS = _Setting(lambda value: None if value is None else float(value))
+    DRAIN_SCHEDULE_MINUTES = _Setting(int)
+    KICK_DEBOUNCE = _Setting(float)
+    DRAIN_LINGER = _Setting(float)
+    IDEMPOTENCY_TTL = _Setting(float)
+    IDEMPOTENCY_CACHE_SIZE = _Setting(int)
+    REPLAY_WINDOW = _Setting(float)
+    RETAIN_DELIVERED = _Setting(float)
+    RETAIN_DEAD = _Setting(float)
+    #: Whether a delivered operation's stored payload is emptied when it is acknowledged.
+    SCRUB_DELIVERED = _Setting(bool)
+    PURGE_BATCH_SIZE = _Setting(int)
+    CACHE_ALIAS = _Setting(lambda value: None if value is None else str(value))
+    #: The hook definitions (dicts); a value that is not a list reads as none.
+    HOOKS = _Setting(lambda value: list(value) if isinstance(value, (list, tuple)) else [])
+    BREAKER_FAILURE_RATE_THRESHOLD = _Setting(float)
+    BREAKER_WINDOW_SECONDS = _Setting(float)
+    BREAKER_MINIMUM_CALLS = _Setting(int)
+    BREAKER_CONSECUTIVE_FAILURES = _Setting(int)
+    BREAKER_SLOW_CALL_SECONDS = _Setting(float)
+    BREAKER_SLOW_CALL_RATE_THRESHOLD = _Setting(float)
+    BREAKER_RESET_TIMEOUT = _Setting(float)
+    BREAKER_RESET_TIMEOUT_MULTIPLIER = _Setting(float)
+    BREAKER_RESET_TIMEOUT_MAX = _Setting(float)
+    BREAKER_HALF_OPEN_MAX_CALLS = _Setting(int)
+    BREAKER_SUCCESS_THRESHOLD = _Setting(int)
+    BREAKER_CACHE_SECONDS = _Setting(float)
 
     @property
     def API_KEY(self) -> str:
-        key = self.get("API_KEY")
-        if not key:
-            env_name = self.get("API_KEY_ENV")
-            if env_name:
-                key = os.environ.get(str(env_name), "")
+        key, env_name = self.get("API_KEY"), self.get("API_KEY_ENV")
+        if not key and env_name:
+            key = os.environ.get(str(env_name), "")
         return str(key or "")
-
-    @property
-    def REGION(self) -> str:
-        return str(self.get("REGION")).lower()
-
-    @property
-    def TRACK_URL(self) -> str | None:
-        value = self.get("TRACK_URL")
-        return str(value).rstrip("/") if value else None
-
-    @property
-    def base_url(self) -> str:
-        """The Track API origin: ``TRACK_URL`` when set, else the region's host."""
-        return self.TRACK_URL or REGION_HOSTS.get(self.REGION, REGION_HOSTS["us"])
-
-    @property
-    def destination(self) -> str:
-        """A stable name for where operations go (one breaker per destination)."""
-        return f"{self.base_url}#{self.SITE_ID}"
-
-    @property
-    def DELIVERY(self) -> Delivery:
-        return cast(Delivery, self.get("DELIVERY"))
-
-    @property
-    def DISPATCH(self) -> Dispatch:
-        return cast(Dispatch, self.get("DISPATCH"))
-
-    @property
-    def TIMEOUT(self) -> float:
-        return float(self.get("TIMEOUT"))
-
-    @property
-    def CONNECT_TIMEOUT(self) -> float:
-        return float(self.get("CONNECT_TIMEOUT"))
-
-    @property
-    def MAX_ERROR_BODY_BYTES(self) -> int:
-        return int(self.get("MAX_ERROR_BODY_BYTES"))
-
-    @property
-    def MAX_ATTEMPTS(self) -> int:
-        return int(self.get("MAX_ATTEMPTS"))
-
-    @property
-    def MAX_AGE(self) -> float:
-        return float(self.get("MAX_AGE"))
-
-    @property
-    def RETRY_BASE(self) -> float:
-        return float(self.get("RETRY_BASE"))
-
-    @property
-    def RETRY_CAP(self) -> float:
-        return float(self.get("RETRY_CAP"))
-
-    @property
-    def DIRECT_ATTEMPTS(self) -> int:
-        return int(self.get("DIRECT_ATTEMPTS"))
-
-    @property
-    def RATE_LIMIT(self) -> float:
-        return float(self.get("RATE_LIMIT"))
-
-    @property
-    def BATCH(self) -> bool:
-        return bool(self.get("BATCH"))
-
-    @property
-    def BATCH_SIZE(self) -> int:
-        return int(self.get("BATCH_SIZE"))
-
-    @property
-    def BATCH_MAX_BYTES(self) -> int:
-        return int(self.get("BATCH_MAX_BYTES"))
-
-    @property
-    def CLAIM_SIZE(self) -> int:
-        return int(self.get("CLAIM_SIZE"))
-
-    @property
-    def LEASE_SECONDS(self) -> float:
-        return float(self.get("LEASE_SECONDS"))
-
-    @property
-    def DRAIN_MAX_SECONDS(self) -> float | None:
-        value = self.get("DRAIN_MAX_SECONDS")
-        return None if value is None else float(value)
-
-    @property
-    def DRAIN_SCHEDULE_MINUTES(self) -> int:
-        return int(self.get("DRAIN_SCHEDULE_MINUTES"))
-
-    @property
-    def KICK_DEBOUNCE(self) -> float:
-        return float(self.get("KICK_DEBOUNCE"))
-
-    @property
-    def DRAIN_LINGER(self) -> float:
-        return float(self.get("DRAIN_LINGER"))
-
-    @property
-    def IDEMPOTENCY_TTL(self) -> float:
-        return float(self.get("IDEMPOTENCY_TTL"))
-
-    @property
-    def IDEMPOTENCY_CACHE_SIZE(self) -> int:
-        return int(self.get("IDEMPOTENCY_CACHE_SIZE"))
-
-    @property
-    def REPLAY_WINDOW(self) -> float:
-        return float(self.get("REPLAY_WINDOW"))
-
-    @property
-    def RETAIN_DELIVERED(self) -> float:
-        return float(self.get("RETAIN_DELIVERED"))
-
-    @property
-    def RETAIN_DEAD(self) -> float:
-        return float(self.get("RETAIN_DEAD"))
-
-    @property
-    def SCRUB_DELIVERED(self) -> bool:
-        """Whether a delivered operation's stored payload is emptied when it is acknowledged."""
-        return bool(self.get("SCRUB_DELIVERED"))
-
-    @property
-    def PURGE_BATCH_SIZE(self) -> int:
-        return int(self.get("PURGE_BATCH_SIZE"))
-
-    @property
-    def CACHE_ALIAS(self) -> str | None:
-        value = self.get("CACHE_ALIAS")
-        return None if value is None else str(value)
-
-    @property
-    def HOOKS(self) -> list[Any]:
-        """The hook definitions (dicts); a value that is not a list reads as none."""
-        value = self.get("HOOKS")
-        return list(value) if isinstance(value, (list, tuple)) else []
-
-    @property
-    def BREAKER_FAILURE_RATE_THRESHOLD(self) -> float:
-        return float(self.get("BREAKER_FAILURE_RATE_THRESHOLD"))
-
-    @property
-    def BREAKER_WINDOW_SECONDS(self) -> float:
-        return float(self.get("BREAKER_WINDOW_SECONDS"))
-
-    @property
-    def BREAKER_MINIMUM_CALLS(self) -> int:
-        return int(self.get("BREAKER_MINIMUM_CALLS"))
-
-    @property
-    def BREAKER_CONSECUTIVE_FAILURES(self) -> int:
-        return int(self.get("BREAKER_CONSECUTIVE_FAILURES"))
-
-    @property
-    def BREAKER_SLOW_CALL_SECONDS(self) -> float:
-        return float(self.get("BREAKER_SLOW_CALL_SECONDS"))
-
-    @property
-    def BREAKER_SLOW_CALL_RATE_THRESHOLD(self) -> float:
-        return float(self.get("BREAKER_SLOW_CALL_RATE_THRESHOLD"))
-
-    @property
-    def BREAKER_RESET_TIMEOUT(self) -> float:
-        return float(self.get("BREAKER_RESET_TIMEOUT"))
-
-    @property
-    def BREAKER_RESET_TIMEOUT_MULTIPLIER(self) -> float:
-        return float(self.get("BREAKER_RESET_TIMEOUT_MULTIPLIER"))
-
-    @property
-    def BREAKER_RESET_TIMEOUT_MAX(self) -> float:
-        return float(self.get("BREAKER_RESET_TIMEOUT_MAX"))
-
-    @property
-    def BREAKER_HALF_OPEN_MAX_CALLS(self) -> int:
-        return int(self.get("BREAKER_HALF_OPEN_MAX_CALLS"))
 
     @property
     def BREAKER_PROBE_LEASE_SECONDS(self) -> float:
@@ -339,12 +214,14 @@ class Settings:
         return float(value)
 
     @property
-    def BREAKER_SUCCESS_THRESHOLD(self) -> int:
-        return int(self.get("BREAKER_SUCCESS_THRESHOLD"))
+    def base_url(self) -> str:
+        """The Track API origin: ``TRACK_URL`` when set, else the region's host."""
+        return self.TRACK_URL or REGION_HOSTS.get(self.REGION, REGION_HOSTS["us"])
 
     @property
-    def BREAKER_CACHE_SECONDS(self) -> float:
-        return float(self.get("BREAKER_CACHE_SECONDS"))
+    def destination(self) -> str:
+        """A stable name for where operations go (one breaker per destination)."""
+        return f"{self.base_url}#{self.SITE_ID}"
 
     def __repr__(self) -> str:
         return f"<django-cio-reliable settings site_id={self.SITE_ID!r} region={self.REGION!r}>"

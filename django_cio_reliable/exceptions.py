@@ -55,14 +55,11 @@ class DeliveryError(Exception):
         self.status = status
         self.retry_after = retry_after
         self.reason = reason
-        super().__init__(self._message())
-
-    def _message(self) -> str:
-        status = f"HTTP {self.status}" if self.status is not None else "no response"
-        text = f"{self.kind} ({status}): {self.reason}"
-        if self.retry_after is not None:
-            text += f" [retry after {self.retry_after:g}s]"
-        return text
+        shown = "no response" if status is None else f"HTTP {status}"
+        text = f"{kind} ({shown}): {reason}"
+        if retry_after is not None:
+            text += f" [retry after {retry_after:g}s]"
+        super().__init__(text)
 
     @property
     def is_transient(self) -> bool:
@@ -74,7 +71,3 @@ class DeliveryError(Exception):
             f"DeliveryError(kind={self.kind!r}, status={self.status!r}, "
             f"retry_after={self.retry_after!r}, reason={self.reason!r})"
         )
-
-
-class ConfigurationError(Exception):
-    """django-cio-reliable is configured in a way it cannot work with."""

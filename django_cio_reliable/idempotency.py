@@ -20,6 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping
+from enum import Enum
 from typing import TYPE_CHECKING, Any, Final
 
 from cachetools import TTLCache
@@ -37,22 +38,17 @@ _PAIR_SHIFTS: Final = tuple(range(120, -10, -10))
 _RANDOM_MASK: Final = (1 << 80) - 1
 
 
-class _Derive:
-    """Sentinel type of :data:`DERIVE`."""
+class _Derive(Enum):
+    """Sentinel type of :data:`DERIVE` (an enum: one instance, kept by copy and pickle)."""
 
-    _instance: _Derive | None = None
-
-    def __new__(cls) -> _Derive:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
+    DERIVE = "DERIVE"
 
     def __repr__(self) -> str:
         return "DERIVE"
 
 
 #: Pass as ``idempotency_key`` to derive the key from the operation's content and time window.
-DERIVE: Final = _Derive()
+DERIVE: Final = _Derive.DERIVE
 
 
 def encode_ulid(timestamp_ms: int, randomness: int) -> str:

@@ -76,10 +76,6 @@ class RetryPolicy:
         """Whether an operation with ``attempts`` made and ``age`` seconds must die now."""
         return attempts >= self.max_attempts or age >= self.max_age
 
-    def horizon(self) -> float:
-        """The longest time an operation may stay in the outbox before it is dead."""
-        return self.max_age
-
 
 _random = random.SystemRandom()
 

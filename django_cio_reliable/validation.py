@@ -160,25 +160,21 @@ def _find_cycle(containers: list[object]) -> tuple[int, int] | None:
     return None
 
 
-def _path_key(key: str) -> str:
-    if len(key) > _PATH_KEY_CHARS:
-        return "[" + json.dumps(key[:_PATH_KEY_CHARS] + "…", ensure_ascii=False) + "]"
-    if _IDENTIFIER.match(key):
-        return "." + key
-    return "[" + json.dumps(key, ensure_ascii=False) + "]"
-
-
 def _path(field: str, segments: list[Segment], *, quote_first: bool = False) -> str:
     parts = [field]
     for index, segment in enumerate(segments):
         if isinstance(segment, int):
             parts.append(f"[{segment}]")
-        elif quote_first and index == 0:
-            # Attribute names are shown as attributes["name"] whatever they look like.
+        # Attribute names (quote_first) are shown as attributes["name"] whatever they look like.
+        elif (
+            len(segment) <= _PATH_KEY_CHARS
+            and _IDENTIFIER.match(segment)
+            and not (quote_first and index == 0)
+        ):
+            parts.append("." + segment)
+        else:
             cut = segment if len(segment) <= _PATH_KEY_CHARS else segment[:_PATH_KEY_CHARS] + "…"
             parts.append("[" + json.dumps(cut, ensure_ascii=False) + "]")
-        else:
-            parts.append(_path_key(segment))
     return "".join(parts)
 
 
@@ -205,7 +201,7 @@ def _utf8_size(text: str) -> int:
         ) from None
 
 
-def _size_refusal(size: int, limit: int, what: str = "") -> _Refusal:
+def _size_refusal(size: int | str, limit: int, what: str = "") -> _Refusal:
     return _Refusal(
         f"{what}is {size} bytes; Customer.io's limit is {limit} bytes",
         limit=f"{limit} bytes",
@@ -282,7 +278,7 @@ def _key(key: object) -> str:
     return text
 
 
-def _mapping(value: Mapping[Any, Any], depth: int) -> dict[str, Any]:
+def _check_depth(value: object, depth: int) -> None:
     if depth > MAX_DEPTH:
         raise _Refusal(
             f"is nested more than {MAX_DEPTH} levels deep",
@@ -290,6 +286,10 @@ def _mapping(value: Mapping[Any, Any], depth: int) -> dict[str, Any]:
             actual=f"more than {MAX_DEPTH} levels",
             too_deep=value,
         )
+
+
+def _mapping(value: Mapping[Any, Any], depth: int) -> dict[str, Any]:
+    _check_depth(value, depth)
     out: dict[str, Any] = {}
     for key, item in value.items():
         name = _key(key)
@@ -307,13 +307,7 @@ def _mapping(value: Mapping[Any, Any], depth: int) -> dict[str, Any]:
 
 
 def _sequence(value: list[Any] | tuple[Any, ...], depth: int) -> list[Any]:
-    if depth > MAX_DEPTH:
-        raise _Refusal(
-            f"is nested more than {MAX_DEPTH} levels deep",
-            limit=f"{MAX_DEPTH} levels",
-            actual=f"more than {MAX_DEPTH} levels",
-            too_deep=value,
-        )
+    _check_depth(value, depth)
     out: list[Any] = []
     for index, item in enumerate(value):
         try:
@@ -389,24 +383,28 @@ def _not_serialisable(value: object) -> str:
     return f"is of type {name}, which is not JSON-serialisable; {hint}"
 
 
+def _check_text(text: str, what: str, max_bytes: int, prefix: str = "") -> None:
+    """Refuse ``text`` when it is empty, whitespace only or over ``max_bytes`` of UTF-8."""
+    size = _utf8_size(text)
+    if not text.strip():
+        actual = "empty" if not text else "whitespace only"
+        raise _Refusal(
+            f"{prefix}is {actual}; Customer.io needs a non-empty {what}",
+            limit="non-empty",
+            actual=actual,
+        )
+    if size > max_bytes:
+        raise _size_refusal(size, max_bytes, prefix)
+
+
 def _text(value: str, field: str, what: str, *, max_bytes: int) -> str:
     """A non-empty name or id of at most ``max_bytes`` UTF-8 bytes, as plain ``str``."""
     if type(value) is not str:
         value = str.__str__(value)
     try:
-        size = _utf8_size(value)
+        _check_text(value, what, max_bytes)
     except _Refusal as err:
         raise err.public(field) from None
-    if not value.strip():
-        actual = "empty" if not value else "whitespace only"
-        raise InvalidOperation(
-            f"{field} is {actual}; Customer.io needs a non-empty {what}",
-            field=field,
-            limit="non-empty",
-            actual=actual,
-        )
-    if size > max_bytes:
-        raise _size_refusal(size, max_bytes).public(field)
     return value
 
 
@@ -437,13 +435,8 @@ def customer_id(value: object, *, field: str = "customer_id") -> str:
     if isinstance(value, int):
         number = int.__int__(value)
         if number.bit_length() > 4 * CUSTOMER_ID_MAX_BYTES:  # > 150 digits; skip str()
-            digits = f"more than {CUSTOMER_ID_MAX_BYTES}"
-            raise InvalidOperation(
-                f"{field} is {digits} bytes; Customer.io's limit is {CUSTOMER_ID_MAX_BYTES} bytes",
-                field=field,
-                limit=f"{CUSTOMER_ID_MAX_BYTES} bytes",
-                actual=f"{digits} bytes",
-            )
+            too_long = f"more than {CUSTOMER_ID_MAX_BYTES}"
+            raise _size_refusal(too_long, CUSTOMER_ID_MAX_BYTES).public(field)
         text = str(number)
     elif isinstance(value, uuid.UUID):
         text = str(value)
@@ -510,16 +503,7 @@ def attributes(value: Mapping[str, Any] | None, *, field: str = "attributes") ->
         except _Refusal as err:
             raise err.public(field) from None
         try:
-            name_size = _utf8_size(name)
-            if not name.strip():
-                actual = "empty" if not name else "whitespace only"
-                raise _Refusal(
-                    f"has a name that is {actual}; Customer.io needs a non-empty attribute name",
-                    limit="non-empty",
-                    actual=actual,
-                )
-            if name_size > ATTRIBUTE_NAME_MAX_BYTES:
-                raise _size_refusal(name_size, ATTRIBUTE_NAME_MAX_BYTES, "has a name that ")
+            _check_text(name, "attribute name", ATTRIBUTE_NAME_MAX_BYTES, "has a name that ")
             normalised = _normalise(item, 2)
             kind = type(normalised)
             if kind is str:
@@ -674,16 +658,9 @@ def json_safe(value: object, *, field: str) -> Any:
 
 
 def json_bytes_known(value: Mapping[str, Any], known: Mapping[str, int]) -> int:
-    """:func:`json_bytes` of a ``dict`` whose values under ``known`` were measured already.
+    """``json_bytes(value)``, given the :func:`json_bytes` of some top-level values (``known``).
 
     Only the rest is serialised again: a large event's data is encoded once, not twice.
-
-    Args:
-        value: A normalised ``dict``.
-        known: Top-level keys of ``value`` and the :func:`json_bytes` of their values.
-
-    Returns:
-        ``json_bytes(value)``.
     """
     # Each known value stands in as 0 (one byte) in a small skeleton, then is added back.
     skeleton = {key: 0 if key in known else item for key, item in value.items()}
