@@ -1,22 +1,9 @@
-"""The Django admin: operations, dead letters, idempotency keys, delivery and breaker state.
+"""The Django admin (docs/admin.md): read-only pages whose rows change only through actions and
+buttons that call into :mod:`django_cio_reliable.outbox` and :mod:`django_cio_reliable.breaker`.
 
-Every page is read-only; changes happen through actions and buttons that call into
-:mod:`django_cio_reliable.outbox` and :mod:`django_cio_reliable.breaker`:
-
-- Operations (and the "Dead letters" page, a proxy of the dead ones): actions *replay now*
-  (requeue and deliver right away), *requeue* and *mark dead*, gated by the
-  ``django_cio_reliable.replay_operation`` permission; operations whose payload was erased
-  (forgotten people) are never replayed. The payload (personal data) is shown only to users
-  with ``django_cio_reliable.view_payload``; others see its size.
-- Breaker state: force open / force closed / disabled / reset buttons (POST with CSRF, gated by
-  ``django_cio_reliable.force_breaker``, recorded as breaker events with the user).
-- A dashboard (``admin:django_cio_reliable_operation_dashboard``), linked from the admin
-  index: breaker state and transitions, backlog by status, the oldest open operation,
-  throughput as an SVG chart, and the top error reasons.
-
-The admin index link is added by wrapping the index template of the default admin site
-(``admin.site.index_template``) when the project has not set one; a project with its own index
-template can ``{% include "admin/django_cio_reliable/dashboard_link.html" %}``.
+The dashboard link is added by wrapping the default admin site's index template when the project
+has not set one; a project with its own index template can
+``{% include "admin/django_cio_reliable/dashboard_link.html" %}``.
 """
 
 from __future__ import annotations
@@ -24,8 +11,8 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
@@ -73,7 +60,6 @@ log = logging.getLogger(__name__)
 #: Permissions, as ``app_label.codename``.
 VIEW_PAYLOAD = "django_cio_reliable.view_payload"
 REPLAY = "django_cio_reliable.replay_operation"
-FORCE_BREAKER = views.BREAKER_PERMISSION
 
 #: "Replay now" delivers at most this many operations in the request; more: use "requeue".
 REPLAY_NOW_LIMIT = 100
@@ -100,53 +86,35 @@ def _plural(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
-def _destination_host(destination: str) -> str:
-    return destination.split("#", 1)[0]
-
-
 def breaker_blocks() -> str:
     """Why the breaker lets nothing through right now (empty when it may admit a call)."""
     snapshot = breaker.get_breaker().snapshot(fresh=True)
     if snapshot.mode == "forced_open":
         return "the breaker is forced open"
-    if (
-        snapshot.mode == "auto"
-        and snapshot.state == "open"
-        and snapshot.retry_at is not None
-        and snapshot.retry_at > clock.now()
-    ):
+    # An open breaker has a retry time only in automatic mode.
+    if snapshot.state == "open" and snapshot.retry_at and snapshot.retry_at > clock.now():
         return "the breaker is open"
     return ""
 
 
-# --------------------------------------------------------------------------- operations
-
-
 class ReadOnlyMixin:
-    """No adding, changing or deleting from the admin: rows change through actions only."""
+    """No adding, changing or deleting from the admin: rows change through actions and buttons
+    only (retention purges old rows; ``cio_forget`` erases a person)."""
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        """Nobody adds rows by hand."""
+        """Nobody adds, changes or deletes rows by hand."""
         return False
 
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        """Rows are read-only (actions and buttons change them)."""
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        """Nothing is deleted by hand (retention purges; ``cio_forget`` erases a person)."""
-        return False
+    has_change_permission = has_delete_permission = has_add_permission
 
 
-_View = TypeVar("_View", bound=Callable[..., Any])
+class DestinationMixin:
+    """The ``destination_host`` column of the per-destination rows."""
 
-
-def _outside_request_transactions(view: _View) -> _View:
-    """Exempt ``view`` from ``ATOMIC_REQUESTS`` on every database: its *replay now* delivers,
-    and the breaker, rate-limit and count rows are never written inside a request's
-    transaction (no other request or worker may wait for it)."""
-    view._non_atomic_requests = set(connections.settings)  # type: ignore[attr-defined]
-    return view
+    @admin.display(description="destination")
+    def destination_host(self, obj: DeliveryState | BreakerState | BreakerEvent) -> str:
+        """The Track API origin (without the site id)."""
+        return obj.destination.split("#", 1)[0]
 
 
 class OperationAdmin(ReadOnlyMixin, OperationBase):
@@ -169,7 +137,6 @@ class OperationAdmin(ReadOnlyMixin, OperationBase):
     search_fields = ("=customer_id", "=event_id")
     search_help_text = "Exact customer id (or anonymous id), or exact event id."
     ordering = ("-id",)
-    list_per_page = 100
     show_full_result_count = False
     actions: tuple[str, ...] = ("replay_now", "requeue", "mark_dead")
     #: Whether this admin routes the dashboard (only the operations admin does).
@@ -195,19 +162,12 @@ class OperationAdmin(ReadOnlyMixin, OperationBase):
         "payload_erased_at",
     )
 
-    # ------------------------------------------------------------------ fields
-
-    def _fields(self, request: HttpRequest) -> tuple[str, ...]:
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        """The payload only for users allowed to see it; its size for the others."""
         payload = "payload_json" if request.user.has_perm(VIEW_PAYLOAD) else "payload_size"
         return (*self.BASE_FIELDS, payload)
 
-    def get_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
-        """The payload only for users allowed to see it; its size for the others."""
-        return self._fields(request)
-
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
-        """Everything is read-only."""
-        return self._fields(request)
+    get_readonly_fields = get_fields  # everything is read-only
 
     @admin.display(description="last error")
     def error_preview(self, obj: Operation) -> str:
@@ -239,26 +199,12 @@ class OperationAdmin(ReadOnlyMixin, OperationBase):
             "“Can view operation payloads” permission)"
         )
 
-    # ------------------------------------------------------------------ URLs and views
-
     def get_urls(self) -> list[URLPattern]:
         """Add the payload view, and the dashboard on the operations admin."""
-        info = self.opts.app_label, self.opts.model_name
-        urls = [
-            path(
-                "<path:object_id>/payload/",
-                self.admin_site.admin_view(self.payload_view),
-                name="{}_{}_payload".format(*info),
-            )
-        ]
+        view, name = self.admin_site.admin_view, f"{self.opts.app_label}_{self.opts.model_name}"
+        urls = [path("<path:object_id>/payload/", view(self.payload_view), name=f"{name}_payload")]
         if self.routes_dashboard:
-            urls.append(
-                path(
-                    "dashboard/",
-                    self.admin_site.admin_view(self.dashboard_view),
-                    name="{}_{}_dashboard".format(*info),
-                )
-            )
+            urls.append(path("dashboard/", view(self.dashboard_view), name=f"{name}_dashboard"))
         return urls + super().get_urls()
 
     def dashboard_view(self, request: HttpRequest) -> HttpResponse:
@@ -281,7 +227,6 @@ class OperationAdmin(ReadOnlyMixin, OperationBase):
         response["X-Content-Type-Options"] = "nosniff"
         return response
 
-    @_outside_request_transactions
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
@@ -291,15 +236,14 @@ class OperationAdmin(ReadOnlyMixin, OperationBase):
             raise PermissionDenied
         return super().changelist_view(request, extra_context=extra_context)
 
-    # ------------------------------------------------------------------ actions
+    # Exempt from ATOMIC_REQUESTS on every database: *replay now* delivers, and the breaker,
+    # rate-limit and count rows are never written inside a request's transaction (no other
+    # request or worker may wait for it).
+    changelist_view._non_atomic_requests = set(connections.settings)  # type: ignore[attr-defined]
 
     def has_replay_permission(self, request: HttpRequest) -> bool:
         """Whether the user may replay, requeue and dead-letter operations."""
         return bool(request.user.has_perm(REPLAY))
-
-    def _require_replay(self, request: HttpRequest) -> None:
-        if not self.has_replay_permission(request):
-            raise PermissionDenied
 
     @staticmethod
     def _ids(queryset: QuerySet[Any], limit: int | None = None) -> list[int]:
@@ -312,7 +256,6 @@ class OperationAdmin(ReadOnlyMixin, OperationBase):
     )
     def replay_now(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         """Requeue the selection and deliver it in this request (breaker- and pause-aware)."""
-        self._require_replay(request)
         ids = self._ids(queryset, REPLAY_NOW_LIMIT + 1)
         if len(ids) > REPLAY_NOW_LIMIT:
             self.message_user(
@@ -369,9 +312,8 @@ class OperationAdmin(ReadOnlyMixin, OperationBase):
     )
     def requeue(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         """Requeue the selection for immediate delivery by the worker."""
-        self._require_replay(request)
         ids = self._ids(queryset)
-        wiped = Operation.objects.filter(pk__in=ids).filter(erased()).count()
+        wiped = Operation.objects.filter(erased(), pk__in=ids).count()
         requeued = outbox.replay(Operation.objects.filter(pk__in=ids))
         log.info("cio: %d operations requeued by %s", requeued, request.user)
         if requeued:
@@ -388,13 +330,12 @@ class OperationAdmin(ReadOnlyMixin, OperationBase):
     )
     def mark_dead(self, request: HttpRequest, queryset: QuerySet[Any]) -> TemplateResponse | None:
         """Dead-letter open operations, with a reason, after a confirmation page."""
-        self._require_replay(request)
         if request.POST.get("post") == "yes":
             reason = (request.POST.get("reason") or "").strip()[:MAX_REASON]
             text = f"marked dead in the admin by {request.user.get_username()}"
             if reason:
                 text = f"{reason} ({text})"
-            count = outbox.mark_dead(Operation.objects.filter(pk__in=queryset.values("pk")), text)
+            count = outbox.mark_dead(queryset, text)
             log.info("cio: %d operations marked dead by %s", count, request.user)
             skipped = queryset.count() - count
             message = f"Marked {_plural(count, 'operation')} dead."
@@ -402,7 +343,6 @@ class OperationAdmin(ReadOnlyMixin, OperationBase):
                 message += f" Skipped {skipped} (only pending and failed operations can be)."
             self.message_user(request, message, messages.SUCCESS if count else messages.WARNING)
             return None
-        eligible = queryset.filter(status__in=lifecycle.WAITING)
         context = {
             **self.admin_site.each_context(request),
             "title": "Mark operations dead?",
@@ -410,7 +350,7 @@ class OperationAdmin(ReadOnlyMixin, OperationBase):
             "opts": self.opts,
             "queryset": queryset,
             "selected": self._ids(queryset),
-            "eligible": eligible.count(),
+            "eligible": queryset.filter(status__in=lifecycle.WAITING).count(),
             "total": queryset.count(),
             "preview": list(queryset.order_by("pk")[:20]),
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
@@ -442,20 +382,15 @@ class DeadLetterAdmin(OperationAdmin):
     routes_dashboard = False
 
 
-# --------------------------------------------------------------------------- keys, state
-
-
 class IdempotencyKeyAdmin(ReadOnlyMixin, IdempotencyKeyBase):
     """Reserved idempotency keys (read-only)."""
 
     list_display = ("key", "operation_link", "created_at", "expires_at", "live")
+    fields = readonly_fields = list_display
     search_fields = ("=key",)
     search_help_text = "Exact idempotency key."
     ordering = ("-created_at",)
-    list_per_page = 100
     show_full_result_count = False
-    fields = ("key", "operation_link", "created_at", "expires_at", "live")
-    readonly_fields = fields
 
     @admin.display(description="operation")
     def operation_link(self, obj: IdempotencyKey) -> str:
@@ -475,7 +410,7 @@ class IdempotencyKeyAdmin(ReadOnlyMixin, IdempotencyKeyBase):
         return bool(obj.expires_at > clock.now())
 
 
-class DeliveryStateAdmin(ReadOnlyMixin, DeliveryStateBase):
+class DeliveryStateAdmin(DestinationMixin, ReadOnlyMixin, DeliveryStateBase):
     """The shared pause (429, credentials) per destination (read-only)."""
 
     list_display = (
@@ -495,16 +430,8 @@ class DeliveryStateAdmin(ReadOnlyMixin, DeliveryStateBase):
     )
     readonly_fields = fields
 
-    @admin.display(description="destination")
-    def destination_host(self, obj: DeliveryState) -> str:
-        """The Track API origin (without the site id)."""
-        return _destination_host(obj.destination)
 
-
-# --------------------------------------------------------------------------- breaker
-
-
-class BreakerStateAdmin(ReadOnlyMixin, BreakerStateBase):
+class BreakerStateAdmin(DestinationMixin, ReadOnlyMixin, BreakerStateBase):
     """The circuit breaker per destination, with force buttons."""
 
     list_display = (
@@ -516,32 +443,16 @@ class BreakerStateAdmin(ReadOnlyMixin, BreakerStateBase):
         "updated_at",
         "version",
     )
-    fields = (
-        "destination_host",
-        "state",
-        "mode",
-        "opened_at",
-        "open_since",
-        "updated_at",
-        "version",
-    )
-    readonly_fields = fields
+    fields = readonly_fields = list_display
     change_list_template = "admin/django_cio_reliable/breakerstate/change_list.html"
-
-    @admin.display(description="destination")
-    def destination_host(self, obj: BreakerState) -> str:
-        """The Track API origin (without the site id)."""
-        return _destination_host(obj.destination)
 
     def get_urls(self) -> list[URLPattern]:
         """Add the force endpoint."""
-        info = self.opts.app_label, self.opts.model_name
-        force = path(
-            "force/",
-            self.admin_site.admin_view(self.force_view),
-            name="{}_{}_force".format(*info),
-        )
-        return [force, *super().get_urls()]
+        name = f"{self.opts.app_label}_{self.opts.model_name}_force"
+        return [
+            path("force/", self.admin_site.admin_view(self.force_view), name=name),
+            *super().get_urls(),
+        ]
 
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
@@ -554,13 +465,12 @@ class BreakerStateAdmin(ReadOnlyMixin, BreakerStateBase):
 
     def force_view(self, request: HttpRequest) -> HttpResponseBase:
         """POST ``mode`` (and an optional ``reason``): force the breaker, record who did it."""
-        if not request.user.has_perm(FORCE_BREAKER):
+        if not request.user.has_perm(views.BREAKER_PERMISSION):
             raise PermissionDenied
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
-        wanted = request.POST.get("mode", "")
-        mode = next((m for m in breaker.MODES if m == wanted), None)
-        if mode is None or mode not in FORCE_MESSAGES:
+        mode = request.POST.get("mode", "")
+        if mode not in FORCE_MESSAGES:
             self.message_user(request, "Unknown breaker mode.", messages.ERROR)
         else:
             reason = (request.POST.get("reason") or "").strip()[:MAX_REASON]
@@ -568,20 +478,18 @@ class BreakerStateAdmin(ReadOnlyMixin, BreakerStateBase):
             breaker.get_breaker().force(mode, user=user, reason=reason or "set in the admin")
             log.warning("cio: breaker set to %s by %s in the admin", mode, request.user)
             self.message_user(request, FORCE_MESSAGES[mode], messages.SUCCESS)
-        return HttpResponseRedirect(self._next_url(request))
-
-    def _next_url(self, request: HttpRequest) -> str:
         target = request.POST.get("next", "")
-        if target and url_has_allowed_host_and_scheme(
+        if not url_has_allowed_host_and_scheme(
             target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
         ):
-            return target
-        return reverse(
-            "admin:django_cio_reliable_breakerstate_changelist", current_app=self.admin_site.name
-        )
+            target = reverse(
+                "admin:django_cio_reliable_breakerstate_changelist",
+                current_app=self.admin_site.name,
+            )
+        return HttpResponseRedirect(target)
 
 
-class BreakerEventAdmin(ReadOnlyMixin, BreakerEventBase):
+class BreakerEventAdmin(DestinationMixin, ReadOnlyMixin, BreakerEventBase):
     """Every breaker transition, with who forced it (read-only)."""
 
     list_display = (
@@ -594,26 +502,10 @@ class BreakerEventAdmin(ReadOnlyMixin, BreakerEventBase):
         "reason",
         "username",
     )
+    fields = readonly_fields = list_display
     list_filter = ("to_state", "to_mode")
     ordering = ("-created_at", "-id")
-    list_per_page = 100
     show_full_result_count = False
-    fields = (
-        "created_at",
-        "destination_host",
-        "from_state",
-        "to_state",
-        "from_mode",
-        "to_mode",
-        "reason",
-        "username",
-    )
-    readonly_fields = fields
-
-    @admin.display(description="destination")
-    def destination_host(self, obj: BreakerEvent) -> str:
-        """The Track API origin (without the site id)."""
-        return _destination_host(obj.destination)
 
 
 admin.site.register(Operation, OperationAdmin)

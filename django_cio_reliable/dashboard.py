@@ -1,10 +1,5 @@
-"""Data and SVG rendering for the admin dashboard.
-
-The functions that shape data (:func:`build_buckets`, :func:`nice_ceiling`,
-:func:`normalize_error`, :func:`group_errors`) and the chart renderer
-(:func:`render_chart_svg`) are pure: they take plain values and return plain values, so the
-tests check them with known data sets. The ``collect_*`` functions read the database and hand
-their rows to the pure ones.
+"""Data and SVG rendering for the admin dashboard. Only the ``collect_*`` functions read the
+database; the others are pure.
 
 Nothing here returns personal data: error texts are grouped into patterns with customer ids,
 e-mail addresses, quoted values, long tokens and numbers masked, and the chart carries counts
@@ -23,8 +18,7 @@ from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from typing import Any
 
-from django.db.models import Count, QuerySet
-from django.db.models.functions import Substr, TruncMinute
+from django.db.models.functions import Substr
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
@@ -48,9 +42,6 @@ ERROR_READ_CHARS = 300
 ERROR_PATTERN_CHARS = 120
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=dt_timezone.utc)
-
-
-# --------------------------------------------------------------------------- throughput
 
 
 @dataclass(frozen=True)
@@ -117,34 +108,15 @@ def build_buckets(
     start = window_start(now, hours=hours, bucket_minutes=bucket_minutes)
     width = bucket_minutes * 60
     count = math.ceil(hours * 60 / bucket_minutes)
-    delivered_counts = [0] * count
-    failed_counts = [0] * count
-    for rows, target in ((delivered, delivered_counts), (failed, failed_counts)):
+    counts = [[0, 0] for _ in range(count)]  # delivered, failed
+    for column, rows in enumerate((delivered, failed)):
         for moment, number in rows:
             if moment is None:
                 continue
             index = int((moment - start).total_seconds() // width)
             if 0 <= index < count:
-                target[index] += int(number)
-    return [
-        Bucket(
-            start=start + timedelta(seconds=width * i),
-            delivered=delivered_counts[i],
-            failed=failed_counts[i],
-        )
-        for i in range(count)
-    ]
-
-
-def _per_minute(qs: QuerySet[Operation], field_name: str) -> list[tuple[datetime, int]]:
-    rows = (
-        qs.order_by()
-        .annotate(minute=TruncMinute(field_name, tzinfo=dt_timezone.utc))
-        .values("minute")
-        .annotate(n=Count("id"))
-        .values_list("minute", "n")
-    )
-    return [(minute, n) for minute, n in rows]
+                counts[index][column] += int(number)
+    return [Bucket(start + timedelta(seconds=width * i), *pair) for i, pair in enumerate(counts)]
 
 
 def collect_throughput(
@@ -168,9 +140,6 @@ def collect_throughput(
     failed = [(minute, n) for minute, _, n in rows]
     buckets = build_buckets(delivered, failed, now=current, hours=hours, bucket_minutes=minutes)
     return buckets, minutes
-
-
-# --------------------------------------------------------------------------- chart
 
 
 def nice_ceiling(value: float) -> float:
@@ -229,14 +198,6 @@ class ChartGeometry:
         return self.top + self.plot_height - (value / self.y_max) * self.plot_height
 
 
-def rates(buckets: Sequence[Bucket], bucket_minutes: int) -> tuple[list[float], list[float]]:
-    """Delivered and failed operations per minute in each bucket."""
-    return (
-        [b.delivered / bucket_minutes for b in buckets],
-        [b.failed / bucket_minutes for b in buckets],
-    )
-
-
 def chart_geometry(
     buckets: Sequence[Bucket],
     *,
@@ -248,7 +209,8 @@ def chart_geometry(
     left, right, top, bottom = 56, 16, 16, 40
     plot_width = width - left - right
     plot_height = height - top - bottom
-    delivered, failed = rates(buckets, bucket_minutes)
+    delivered = [b.delivered / bucket_minutes for b in buckets]
+    failed = [b.failed / bucket_minutes for b in buckets]
     y_max = nice_ceiling(max([*delivered, *failed, 0.0]))
     step = y_max / 4
     geometry = ChartGeometry(
@@ -261,8 +223,7 @@ def chart_geometry(
         y_max=y_max,
         y_ticks=[step * i for i in range(5)],
     )
-    count = max(1, len(buckets))
-    slot = plot_width / count
+    slot = plot_width / max(1, len(buckets))
     for index, (d, f) in enumerate(zip(delivered, failed, strict=True)):
         x = left + slot * (index + 0.5)
         geometry.delivered_points.append((round(x, 2), round(geometry.y(d), 2)))
@@ -302,79 +263,67 @@ def render_chart_svg(
         The ``<svg>`` element, with every text escaped.
     """
     geo = chart_geometry(buckets, bucket_minutes=bucket_minutes, width=width, height=height)
+    left, right, bottom = geo.left, geo.left + geo.plot_width, geo.bottom
+    middle = geo.top + geo.plot_height / 2
+    slot = geo.plot_width / max(1, len(buckets))
     parts: list[str] = [
         format_html(
             '<svg xmlns="http://www.w3.org/2000/svg" class="cio-chart" id="cio-throughput-chart"'
-            ' role="img" aria-labelledby="cio-chart-title" viewBox="0 0 {} {}" width="{}"'
-            ' height="{}" data-buckets="{}" data-bucket-minutes="{}" data-y-max="{}">'
-            '<title id="cio-chart-title">{}</title>',
-            width,
-            height,
-            width,
-            height,
-            len(buckets),
-            bucket_minutes,
-            _fmt(geo.y_max),
-            title,
+            ' role="img" aria-labelledby="cio-chart-title" viewBox="0 0 {w} {h}" width="{w}"'
+            ' height="{h}" data-buckets="{n}" data-bucket-minutes="{m}" data-y-max="{y_max}">'
+            '<title id="cio-chart-title">{title}</title>',
+            w=width,
+            h=height,
+            n=len(buckets),
+            m=bucket_minutes,
+            y_max=_fmt(geo.y_max),
+            title=title,
         )
     ]
-    # Grid lines and y labels.
     for tick in geo.y_ticks:
-        y = _fmt(geo.y(tick))
         parts.append(
             format_html(
-                '<line class="grid" x1="{}" y1="{}" x2="{}" y2="{}" stroke="#999"'
+                '<line class="grid" x1="{left}" y1="{y}" x2="{right}" y2="{y}" stroke="#999"'
                 ' stroke-opacity="0.3" stroke-width="1"/>'
-                '<text class="y-label" x="{}" y="{}" text-anchor="end" font-size="11"'
-                ' fill="currentColor" dominant-baseline="middle">{}</text>',
-                geo.left,
-                y,
-                geo.left + geo.plot_width,
-                y,
-                geo.left - 6,
-                y,
-                _fmt(tick),
+                '<text class="y-label" x="{label_x}" y="{y}" text-anchor="end" font-size="11"'
+                ' fill="currentColor" dominant-baseline="middle">{tick}</text>',
+                left=left,
+                right=right,
+                label_x=left - 6,
+                y=_fmt(geo.y(tick)),
+                tick=_fmt(tick),
             )
         )
     # X labels: about six, on bucket boundaries.
-    if buckets:
-        every = max(1, math.ceil(len(buckets) / 6))
-        slot = geo.plot_width / len(buckets)
-        for index in range(0, len(buckets), every):
-            x = _fmt(geo.left + slot * index)
-            parts.append(
-                format_html(
-                    '<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="#999" stroke-width="1"/>'
-                    '<text class="x-label" x="{}" y="{}" text-anchor="middle" font-size="11"'
-                    ' fill="currentColor">{}</text>',
-                    x,
-                    geo.bottom,
-                    x,
-                    geo.bottom + 4,
-                    x,
-                    geo.bottom + 18,
-                    _label_time(buckets[index].start),
-                )
+    for index in range(0, len(buckets), max(1, math.ceil(len(buckets) / 6))):
+        parts.append(
+            format_html(
+                '<line x1="{x}" y1="{bottom}" x2="{x}" y2="{tick_end}" stroke="#999"'
+                ' stroke-width="1"/><text class="x-label" x="{x}" y="{label_y}"'
+                ' text-anchor="middle" font-size="11" fill="currentColor">{time}</text>',
+                x=_fmt(left + slot * index),
+                bottom=bottom,
+                tick_end=bottom + 4,
+                label_y=bottom + 18,
+                time=_label_time(buckets[index].start),
             )
+        )
     parts.append(
         format_html(
-            '<line class="axis" x1="{}" y1="{}" x2="{}" y2="{}" stroke="#999" stroke-width="1"/>'
-            '<text x="{}" y="{}" font-size="11" fill="currentColor"'
-            ' transform="rotate(-90 {} {})" text-anchor="middle">per minute</text>',
-            geo.left,
-            geo.bottom,
-            geo.left + geo.plot_width,
-            geo.bottom,
-            14,
-            geo.top + geo.plot_height / 2,
-            14,
-            geo.top + geo.plot_height / 2,
+            '<line class="axis" x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}"'
+            ' stroke="#999" stroke-width="1"/><text x="14" y="{middle}" font-size="11"'
+            ' fill="currentColor" transform="rotate(-90 14 {middle})" text-anchor="middle">'
+            "per minute</text>",
+            left=left,
+            right=right,
+            bottom=bottom,
+            middle=middle,
         )
     )
     if geo.delivered_points:
         first_x = geo.delivered_points[0][0]
         last_x = geo.delivered_points[-1][0]
-        area = [(first_x, float(geo.bottom)), *geo.delivered_points, (last_x, float(geo.bottom))]
+        area = [(first_x, float(bottom)), *geo.delivered_points, (last_x, float(bottom))]
         parts.append(
             format_html(
                 '<polygon class="delivered-area" points="{}" fill="#2e7d32" fill-opacity="0.15"'
@@ -388,7 +337,6 @@ def render_chart_svg(
                 _points(geo.failed_points),
             )
         )
-        slot = geo.plot_width / len(buckets)
         parts.append(
             format_html_join(
                 "",
@@ -396,7 +344,7 @@ def render_chart_svg(
                 "<title>{} — delivered {}, failed {}</title></rect>",
                 (
                     (
-                        _fmt(geo.left + slot * i),
+                        _fmt(left + slot * i),
                         geo.top,
                         _fmt(slot),
                         geo.plot_height,
@@ -414,7 +362,7 @@ def render_chart_svg(
                 '<text class="empty" x="{}" y="{}" text-anchor="middle" font-size="13"'
                 ' fill="currentColor" fill-opacity="0.6">{}</text>',
                 geo.left + geo.plot_width / 2,
-                geo.top + geo.plot_height / 2,
+                middle,
                 "No deliveries or failures in this window",
             )
         )
@@ -422,8 +370,6 @@ def render_chart_svg(
     # Every part above came from format_html (escaped); the closing tag is a literal.
     return mark_safe("".join(parts))  # noqa: S308
 
-
-# --------------------------------------------------------------------------- errors
 
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _QUOTED = re.compile(r"""(["'`])(?:(?!\1).){0,500}\1""")
@@ -508,10 +454,7 @@ def collect_top_errors(*, limit: int = 10) -> list[ErrorGroup]:
         .annotate(reason=Substr("last_error", 1, ERROR_READ_CHARS))
         .values_list("reason", "customer_id", "last_status_code")[:ERROR_SAMPLE]
     )
-    return group_errors(((r, c, s) for r, c, s in rows), limit=limit)
-
-
-# --------------------------------------------------------------------------- helpers
+    return group_errors(rows, limit=limit)
 
 
 def human_duration(seconds: float | None) -> str:

@@ -1,21 +1,7 @@
-"""A django-health-check 4.x plugin: is Customer.io delivery healthy?
+"""A django-health-check 4.x plugin: is Customer.io delivery healthy? (docs/health.md)
 
-:class:`CustomerIOHealth` reports the circuit breaker, the backlog of open operations, the age
-of the oldest one, recent dead letters, the shared pause after a 429 and a credentials
-failure. Each condition is either a warning (``ServiceWarning``) or makes the service
-unavailable (``ServiceUnavailable``); a check raises one exception, so its message lists
-every condition found, the unavailable ones first.
-
-Thresholds are dataclass fields, set per view::
-
-    HealthCheckView.as_view(checks=[
-        ("django_cio_reliable.health.CustomerIOHealth", {"backlog_warning": 5000}),
-    ])
-
-django-health-check 4.x answers 500 for a warning; :class:`django_cio_reliable.views.HealthView`
-answers 200 when only warnings fail.
-
-The output never contains the API key or personal data: messages are built from counts,
+A check raises one exception, so its message lists every condition found, the unavailable ones
+first. The output never contains the API key or personal data: messages are built from counts,
 durations, states and fixed texts only (never from a server's error text or a customer id).
 """
 
@@ -34,9 +20,9 @@ from django.db.models import Min
 from health_check.base import HealthCheck
 from health_check.exceptions import ServiceUnavailable, ServiceWarning
 
-from django_cio_reliable import breaker, clock, lifecycle
+from django_cio_reliable import breaker, clock, lifecycle, outbox
+from django_cio_reliable.clock import human_duration
 from django_cio_reliable.conf import app_settings, on_reset
-from django_cio_reliable.dashboard import human_duration
 from django_cio_reliable.exceptions import DeliveryError
 from django_cio_reliable.models import DeliveryState, Operation
 from django_cio_reliable.transport import get_transport
@@ -44,8 +30,6 @@ from django_cio_reliable.transport import get_transport
 log = logging.getLogger(__name__)
 
 Level = Literal["warning", "unavailable"]
-
-OPEN_STATUSES = lifecycle.OPEN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,47 +155,44 @@ class CustomerIOHealth(HealthCheck):  # type: ignore[misc]
     def measure(self, now: datetime.datetime | None = None) -> Facts:
         """Read the breaker, the outbox and the shared delivery state (a few small queries)."""
         current = now or clock.now()
-        open_ops = Operation.objects.filter(status__in=OPEN_STATUSES)
+        # Not outbox.queue_status(): it counts every status, the delivered history included.
+        open_ops = Operation.objects.filter(status__in=lifecycle.OPEN)
         backlog = open_ops.count()
         oldest = open_ops.aggregate(m=Min("created_at"))["m"] if backlog else None
-        dead = Operation.objects.filter(status=Operation.Status.DEAD)
+        dead = Operation.objects.filter(status=lifecycle.Status.DEAD)
         if self.dead_window is not None:
             dead = dead.filter(dead_at__gte=current - datetime.timedelta(seconds=self.dead_window))
-        dead_recent = dead.count() if self.dead_warning is not None else 0
-        delivery = (
-            DeliveryState.objects.filter(destination=app_settings.destination)
-            .values("paused_until", "pause_reason", "auth_failed_at")
-            .first()
-        ) or {}
-        paused_until = delivery.get("paused_until")
-        if paused_until is not None and paused_until <= current:
-            paused_until = None
-        state, mode, open_for = breaker_facts(current)
+        paused_until, pause_reason = outbox.paused_until(current)
+        delivery = DeliveryState.objects.filter(destination=app_settings.destination)
+        snapshot = breaker.get_breaker().snapshot(fresh=True)
+        open_for = None
+        if snapshot.state != "closed":
+            since = snapshot.open_since or snapshot.opened_at
+            open_for = max(0.0, (current - since).total_seconds()) if since else 0.0
         return Facts(
-            breaker_state=state,
-            breaker_mode=mode,
+            breaker_state=snapshot.state,
+            breaker_mode=snapshot.mode,
             open_for=open_for,
             backlog=backlog,
             oldest_open_age=(current - oldest).total_seconds() if oldest else None,
-            dead_recent=dead_recent,
+            dead_recent=dead.count() if self.dead_warning is not None else 0,
             paused_until=paused_until,
-            pause_reason=str(delivery.get("pause_reason") or "") if paused_until else "",
-            auth_failed_at=delivery.get("auth_failed_at"),
+            pause_reason=pause_reason,
+            auth_failed_at=delivery.values_list("auth_failed_at", flat=True).first(),
         )
 
 
-def breaker_facts(now: datetime.datetime) -> tuple[str, str, float | None]:
-    """The breaker's state, mode and how long it has been away from closed.
-
-    Returns:
-        ``(state, mode, open_for_seconds)``; ``open_for`` is ``None`` while closed.
-    """
-    snapshot = breaker.get_breaker().snapshot(fresh=True)
-    if snapshot.state == "closed":
-        return snapshot.state, snapshot.mode, None
-    since = snapshot.open_since or snapshot.opened_at
-    open_for = max(0.0, (now - since).total_seconds()) if since is not None else 0.0
-    return snapshot.state, snapshot.mode, open_for
+def _reached(
+    value: float | None, unavailable: float | None, warning: float | None
+) -> tuple[Level, float] | None:
+    """The level ``value`` reaches and the threshold it reaches (``None``: neither)."""
+    if value is None:
+        return None
+    if unavailable is not None and value >= unavailable:
+        return "unavailable", unavailable
+    if warning is not None and value >= warning:
+        return "warning", warning
+    return None
 
 
 def assess(facts: Facts, check: CustomerIOHealth) -> list[Problem]:
@@ -221,7 +202,6 @@ def assess(facts: Facts, check: CustomerIOHealth) -> list[Problem]:
     def add(level: Level, message: str) -> None:
         problems.append(Problem(level, message))
 
-    # Breaker.
     mode, state = facts.breaker_mode, facts.breaker_state
     if mode == "forced_open":
         add(
@@ -241,11 +221,11 @@ def assess(facts: Facts, check: CustomerIOHealth) -> list[Problem]:
         else:
             add("warning", f"breaker {label} for {human_duration(open_for)}")
 
-    # Credentials.
-    if facts.probe is not None and not facts.probe.ok and facts.probe.kind == "auth":
-        status = f"HTTP {facts.probe.status}" if facts.probe.status else "no response"
-        add("unavailable", f"Customer.io rejected the credentials ({status}) in the probe")
-    elif facts.auth_failed_at is not None and facts.probe is not None and facts.probe.ok:
+    probe = facts.probe
+    answer = f"HTTP {probe.status}" if probe is not None and probe.status else "no response"
+    if probe is not None and not probe.ok and probe.kind == "auth":
+        add("unavailable", f"Customer.io rejected the credentials ({answer}) in the probe")
+    elif facts.auth_failed_at is not None and probe is not None and probe.ok:
         # Stale: fixed since, but no delivery has succeeded yet to clear it.
         add(
             "warning",
@@ -258,49 +238,30 @@ def assess(facts: Facts, check: CustomerIOHealth) -> list[Problem]:
             f"Customer.io rejected the credentials at {_iso(facts.auth_failed_at)}; "
             "delivery is paused until they are fixed",
         )
-    if facts.probe is not None and not facts.probe.ok and facts.probe.kind != "auth":
-        status = f"HTTP {facts.probe.status}" if facts.probe.status else "no response"
-        add("warning", f"credentials probe failed: {facts.probe.kind} ({status})")
+    if probe is not None and not probe.ok and probe.kind != "auth":
+        add("warning", f"credentials probe failed: {probe.kind} ({answer})")
 
-    # Shared pause after a 429.
     if facts.paused_until is not None and facts.pause_reason == "rate_limited":
         add(
             "warning",
             f"rate limited by Customer.io; every worker waits until {_iso(facts.paused_until)}",
         )
 
-    # Backlog.
-    backlog = facts.backlog
-    if check.backlog_unavailable is not None and backlog >= check.backlog_unavailable:
-        add(
-            "unavailable",
-            f"backlog of {_count(backlog, 'open operation')} "
-            f"(unavailable at {check.backlog_unavailable:,})",
-        )
-    elif check.backlog_warning is not None and backlog >= check.backlog_warning:
-        add(
-            "warning",
-            f"backlog of {_count(backlog, 'open operation')} "
-            f"(warning at {check.backlog_warning:,})",
-        )
+    reached = _reached(facts.backlog, check.backlog_unavailable, check.backlog_warning)
+    if reached is not None:
+        level, limit = reached
+        add(level, f"backlog of {_count(facts.backlog, 'open operation')} ({level} at {limit:,})")
 
-    # Oldest open operation.
     age = facts.oldest_open_age
-    if age is not None:
-        if check.oldest_pending_unavailable is not None and age >= check.oldest_pending_unavailable:
-            add(
-                "unavailable",
-                f"oldest open operation is {human_duration(age)} old "
-                f"(unavailable after {human_duration(check.oldest_pending_unavailable)})",
-            )
-        elif check.oldest_pending_warning is not None and age >= check.oldest_pending_warning:
-            add(
-                "warning",
-                f"oldest open operation is {human_duration(age)} old "
-                f"(warning after {human_duration(check.oldest_pending_warning)})",
-            )
+    reached = _reached(age, check.oldest_pending_unavailable, check.oldest_pending_warning)
+    if reached is not None and age is not None:
+        level, limit = reached
+        add(
+            level,
+            f"oldest open operation is {human_duration(age)} old "
+            f"({level} after {human_duration(limit)})",
+        )
 
-    # Dead letters.
     if check.dead_warning is not None and facts.dead_recent >= check.dead_warning:
         window = (
             f" in the last {human_duration(check.dead_window)}"
@@ -331,28 +292,18 @@ def raise_for(problems: list[Problem]) -> None:
     raise ServiceWarning(message)
 
 
-# --------------------------------------------------------------------------- credentials probe
-
-
-class _ProbeCache:
-    """The latest probe per destination, in this process; probes at most once an interval."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.entries: dict[str, tuple[float, ProbeResult | None]] = {}
-
-    def clear(self) -> None:
-        with self.lock:
-            self.entries.clear()
-
-
-_probes = _ProbeCache()
-on_reset(_probes.clear)
+#: The latest probe per destination in this process: ``(monotonic time, result)``.
+_probes: dict[str, tuple[float, ProbeResult | None]] = {}
+_probes_lock = threading.Lock()
 
 
 def reset_probe_cache() -> None:
     """Forget every cached probe result (tests; also done when ``CIO_RELIABLE`` changes)."""
-    _probes.clear()
+    with _probes_lock:
+        _probes.clear()
+
+
+on_reset(reset_probe_cache)
 
 
 def _run_probe() -> ProbeResult:
@@ -377,14 +328,13 @@ def probe_credentials(
     """
     key = app_settings.destination
     now = monotonic()
-    with _probes.lock:
-        entry = _probes.entries.get(key)
+    with _probes_lock:
+        entry = _probes.get(key)
         if entry is not None and now - entry[0] < interval:
             return entry[1]
-        previous = entry[1] if entry is not None else None
         # Reserve the slot first so concurrent health requests do not all probe.
-        _probes.entries[key] = (now, previous)
+        _probes[key] = (now, entry[1] if entry is not None else None)
     result = probe()
-    with _probes.lock:
-        _probes.entries[key] = (now, result)
+    with _probes_lock:
+        _probes[key] = (now, result)
     return result

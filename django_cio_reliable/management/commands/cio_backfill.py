@@ -1,12 +1,5 @@
-"""``manage.py cio_backfill app_label.Model``: identify every row of a model.
-
-For rows no signal reported (``bulk_create``, ``QuerySet.update``, imports, rows that existed
-before the hook): streams the table in primary-key order, one transaction per chunk, with the
-model's registered ``identify_on_save`` hook. See ``docs/hooks.md``.
-
-Exit codes: 0 done (rows skipped with ``--on-invalid skip`` included); 1 stopped at an invalid
-row (earlier chunks are stored; the message says where to resume); 2 bad arguments.
-"""
+"""``manage.py cio_backfill app_label.Model``: identify every row of a model (docs/hooks.md;
+the exit codes are in ``Command.help``)."""
 
 from __future__ import annotations
 
@@ -55,9 +48,7 @@ def resolve_hook(model: type[models.Model], choice: str | None) -> hooks.Hook:
         CommandError: No such hook, or several and none chosen.
     """
     candidates = [
-        h
-        for h in hooks.registered()
-        if h.kind == "identify_on_save" and (h.model is model or issubclass(model, h.model))
+        h for h in hooks.registered() if h.kind == "identify_on_save" and issubclass(model, h.model)
     ]
     if choice is not None and choice.isdigit():
         position = int(choice)
@@ -186,8 +177,7 @@ class Command(BaseCommand):
         text = f"{result.processed}/{total} rows, {result.identified} identified, {rate:.0f} rows/s"
         if self.stdout.isatty():
             filled = BAR_WIDTH * result.processed // max(1, total)
-            bar = "#" * filled + "-" * (BAR_WIDTH - filled)
-            self.stdout.write(f"\r[{bar}] {text}", ending="")
+            self.stdout.write(f"\r[{'#' * filled}{'-' * (BAR_WIDTH - filled)}] {text}", ending="")
             self.stdout.flush()
             self._drew_bar = True
             return

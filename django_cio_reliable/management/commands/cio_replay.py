@@ -1,10 +1,5 @@
-"""``manage.py cio_replay``: requeue dead (or other) operations, or deliver them right now.
-
-Exit codes: 0 success (including a dry run and "nothing matched"); 1 ``--now`` left operations
-failed or dead again, or stopped early; 2 bad arguments; 3 ``--now`` refused (delivery is
-paused because Customer.io rejected the credentials, or the circuit breaker is open) and nothing
-was changed.
-"""
+"""``manage.py cio_replay``: requeue dead (or other) operations, or deliver them right now
+(docs/commands.md; the exit codes are in ``Command.help``)."""
 
 from __future__ import annotations
 
@@ -12,25 +7,24 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from datetime import time as dt_time
 from types import FrameType
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db.models import Q, QuerySet
+from django.db.models import BooleanField, ExpressionWrapper
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
 from django_cio_reliable import breaker, clock, outbox
-from django_cio_reliable.lifecycle import Status
+from django_cio_reliable.lifecycle import Status, erased_q
 from django_cio_reliable.models import DeliveryState, Operation
-from django_cio_reliable.privacy import erased
 
 log = logging.getLogger(__name__)
-
 
 #: Exit codes (``manage.py`` exits with these; ``call_command`` raises ``CommandError``).
 EXIT_NOT_DELIVERED = 1
@@ -66,6 +60,8 @@ PROGRESS_INTERVAL = 5.0
 MAX_PROBE_WAITS = 120
 #: Who a breaker reset by ``--force`` is attributed to on its breaker event.
 FORCE_ACTOR = "manage.py cio_replay --now --force"
+#: Why ``--now`` stops when Customer.io rejects the credentials midway.
+AUTH_STOPPED = "Customer.io rejected the credentials (401/403); delivery is paused"
 
 
 def _bad(message: str) -> CommandError:
@@ -74,13 +70,16 @@ def _bad(message: str) -> CommandError:
 
 def _split(values: Sequence[str] | None) -> list[str]:
     """Flatten repeated and comma-separated option values, dropping blanks, keeping order."""
-    seen: dict[str, None] = {}
-    for value in values or ():
-        for part in value.split(","):
-            item = part.strip()
-            if item:
-                seen.setdefault(item, None)
-    return list(seen)
+    parts = (part.strip() for value in values or () for part in value.split(","))
+    return list(dict.fromkeys(part for part in parts if part))
+
+
+def _chunks(items: Sequence[int], size: int) -> list[Sequence[int]]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def _when(moment: datetime) -> str:
+    return timezone.localtime(moment).isoformat(timespec="seconds")
 
 
 def parse_statuses(values: Sequence[str] | None, *, include_delivered: bool) -> list[str]:
@@ -132,40 +131,32 @@ def parse_ids(values: Sequence[str] | None) -> list[int]:
         try:
             number = int(value)
         except ValueError:
-            raise _bad(f"--id {value!r} is not an operation id (a positive integer)") from None
+            number = 0
         if number < 1:
             raise _bad(f"--id {value!r} is not an operation id (a positive integer)")
         ids.append(number)
     return ids
 
 
-@dataclass(frozen=True)
-class Moment:
-    """A bound on ``created_at``: ``at``, and whether the bound itself is included."""
-
-    at: datetime
-    inclusive: bool
-
-
-def parse_moment(value: str, *, option: str, end: bool) -> Moment:
-    """Parse an ISO 8601 date or datetime; naive values are in the current time zone.
+def parse_moment(value: str | None, *, option: str, end: bool) -> datetime | None:
+    """Parse an ISO 8601 date or datetime (``None`` when not given); naive values are in the
+    current time zone.
 
     A date alone means the start of that day for ``--since`` and the whole day for ``--until``
-    (everything before the next midnight).
+    (up to its last microsecond).
 
     Raises:
         CommandError: The value is not an ISO 8601 date or datetime.
     """
+    if not value:
+        return None
     text = value.strip()
-    tz = timezone.get_current_timezone()
     try:
         day = parse_date(text) if len(text) <= 10 else None
         if day is not None:
-            if end:
-                midnight = datetime.combine(day + timedelta(days=1), dt_time.min)
-                return Moment(timezone.make_aware(midnight, tz), inclusive=False)
-            return Moment(timezone.make_aware(datetime.combine(day, dt_time.min), tz), True)
-        moment = parse_datetime(text)
+            moment: datetime | None = datetime.combine(day, dt_time.max if end else dt_time.min)
+        else:
+            moment = parse_datetime(text)
     except (ValueError, OverflowError):
         moment = None
     if moment is None:
@@ -173,93 +164,20 @@ def parse_moment(value: str, *, option: str, end: bool) -> Moment:
             f"{option} {value!r} is not an ISO 8601 date or datetime "
             "(e.g. 2024-05-01 or 2024-05-01T13:30:00+02:00)"
         )
-    if timezone.is_naive(moment):
-        moment = timezone.make_aware(moment, tz)
-    return Moment(moment, inclusive=True)
-
-
-@dataclass
-class Selection:
-    """Which operations to replay: every given filter must match."""
-
-    statuses: list[str]
-    kinds: list[str] = field(default_factory=list)
-    customers: list[str] = field(default_factory=list)
-    since: Moment | None = None
-    until: Moment | None = None
-    ids: list[int] = field(default_factory=list)
-    error_contains: str = ""
-
-    @property
-    def narrowed(self) -> bool:
-        """Whether any filter beyond the statuses was given."""
-        return bool(
-            self.kinds
-            or self.customers
-            or self.since
-            or self.until
-            or self.ids
-            or self.error_contains
-        )
-
-    def queryset(self) -> QuerySet[Operation]:
-        """The selected operations, oldest first."""
-        return select_for_replay(self)
-
-
-def _query(selection: Selection) -> Q:
-    query = Q(status__in=selection.statuses)
-    if selection.kinds:
-        query &= Q(kind__in=selection.kinds)
-    if selection.customers:
-        query &= Q(customer_id__in=selection.customers)
-    if selection.since is not None:
-        query &= Q(created_at__gte=selection.since.at)
-    if selection.until is not None:
-        if selection.until.inclusive:
-            query &= Q(created_at__lte=selection.until.at)
-        else:
-            query &= Q(created_at__lt=selection.until.at)
-    if selection.ids:
-        query &= Q(id__in=selection.ids)
-    if selection.error_contains:
-        query &= Q(last_error__icontains=selection.error_contains)
-    return query
-
-
-def select_for_replay(selection: Selection) -> QuerySet[Operation]:
-    """The operations matching ``selection``, oldest (lowest id) first.
-
-    Operations whose payload was erased (a forgotten person, or delivered with
-    ``SCRUB_DELIVERED``) are never selected: re-sending an emptied operation could recreate a
-    deleted person. :func:`count_erased` counts them.
-
-    Belongs in :mod:`django_cio_reliable.outbox` (the admin's replay action wants it too).
-    """
-    selected: QuerySet[Operation] = (
-        Operation.objects.filter(_query(selection)).exclude(erased()).order_by("id")
-    )
-    return selected
-
-
-def count_erased(selection: Selection) -> int:
-    """How many operations match ``selection`` but are skipped because their payload was
-    erased."""
-    return int(Operation.objects.filter(_query(selection)).filter(erased()).count())
+    return timezone.make_aware(moment) if timezone.is_naive(moment) else moment
 
 
 def requeue(ids: Sequence[int], statuses: Sequence[str], *, reset_attempts: bool) -> int:
     """Requeue the operations ``ids`` that still have one of ``statuses``; returns how many
     (event ids kept, live leases and erased payloads skipped: see :func:`outbox.replay`)."""
-    total = 0
-    for start in range(0, len(ids), REQUEUE_CHUNK):
-        rows = Operation.objects.filter(id__in=ids[start : start + REQUEUE_CHUNK])
-        total += outbox.replay(
-            rows.filter(status__in=statuses),
+    return sum(
+        outbox.replay(
+            Operation.objects.filter(id__in=chunk, status__in=statuses),
             reset_attempts=reset_attempts,
             delivered=DELIVERED in statuses,
         )
-    return total
+        for chunk in _chunks(ids, REQUEUE_CHUNK)
+    )
 
 
 def _breaker_refusal() -> str | None:
@@ -271,11 +189,7 @@ def _breaker_refusal() -> str | None:
             "to automatic in the admin first (or pass --force to reset it for every worker "
             "and try now)"
         )
-    if (
-        snapshot.state == "open"
-        and snapshot.retry_at is not None
-        and snapshot.retry_at > clock.now()
-    ):
+    if snapshot.state == "open" and snapshot.retry_at and snapshot.retry_at > clock.now():
         return (
             f"the circuit breaker is open (Customer.io is failing) until at least "
             f"{_when(snapshot.retry_at)}; the drain workers resume by themselves once "
@@ -305,37 +219,6 @@ def _refuse_reason() -> str | None:
     return "; and ".join(reasons) if reasons else None
 
 
-def _override_refusal() -> str:
-    """Lift what :func:`_refuse_reason` refused on (``--force``); returns what was done.
-
-    The credentials pause is lifted with :func:`outbox.resume`; the circuit breaker is reset
-    to automatic and closed for every worker, recorded as a breaker event.
-    """
-    done: list[str] = []
-    if outbox.resume(AUTH_PAUSE):
-        done.append("lifted the credentials pause for every worker")
-    if _breaker_refusal() is not None:
-        transition = breaker.get_breaker().force("auto", reason=FORCE_ACTOR)
-        if transition is not None:
-            log.warning(
-                "cio_replay: --force reset the circuit breaker (%s/%s -> %s)",
-                transition.from_state,
-                transition.from_mode,
-                transition.to_state,
-            )
-            done.append("reset the circuit breaker to closed for every worker")
-    return " and ".join(done)
-
-
-def _when(moment: datetime) -> str:
-    return timezone.localtime(moment).isoformat(timespec="seconds")
-
-
-def _chunks(items: Sequence[int], size: int) -> Iterator[list[int]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
-
-
 @dataclass
 class Tally:
     """Where the operations handled by ``--now`` ended up."""
@@ -362,14 +245,10 @@ class Tally:
 
     def count(self, ids: Sequence[int]) -> None:
         """Record the current status of the operations ``ids`` (one finished chunk)."""
-        rows = Operation.objects.filter(id__in=ids).order_by().values_list("status", flat=True)
-        for status in rows:
-            if status == DELIVERED:
-                self.delivered += 1
-            elif status == DEAD:
-                self.dead += 1
-            elif status == FAILED:
-                self.failed += 1
+        statuses = Counter(Operation.objects.filter(id__in=ids).values_list("status", flat=True))
+        self.delivered += statuses[DELIVERED]
+        self.dead += statuses[DEAD]
+        self.failed += statuses[FAILED]
         self.done += len(ids)
 
 
@@ -477,7 +356,10 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         """Parse the options, select, then dry-run, requeue or deliver."""
-        selection, limit = self._selection(options)
+        limit = options["limit"]
+        if limit is not None and limit < 1:
+            raise _bad("--limit must be at least 1")
+        statuses, lookups = self._selection(options)
         if options["rate"] is not None and options["rate"] <= 0:
             raise _bad("--rate must be greater than 0")
         if options["chunk_size"] is not None and options["chunk_size"] < 1:
@@ -487,71 +369,54 @@ class Command(BaseCommand):
                 raise _bad(f"--{name.replace('_', '-')} only applies with --now")
         if options["now"] and options["dry_run"]:
             raise _bad("--now and --dry-run exclude each other")
-        non_dead = [s for s in selection.statuses if s != DEAD]
-        if non_dead and not selection.narrowed and not options["all"] and not options["dry_run"]:
+        non_dead = [s for s in statuses if s != DEAD]
+        if non_dead and not lookups and not options["all"] and not options["dry_run"]:
             raise _bad(
                 f"replaying every {'/'.join(non_dead)} operation needs a filter (--kind, "
                 "--customer, --since, --until, --id, --error-contains) or --all"
             )
-        if DELIVERED in selection.statuses:
+        if DELIVERED in statuses:
             self.stderr.write(
                 "Warning: replaying delivered operations sends them again. Customer.io drops "
                 "a repeated event by its id, but a replayed identify sets the stored (possibly "
                 "older) attributes again and a replayed delete deletes the person again."
             )
-        qs = selection.queryset()
-        ids = list(
-            qs.values_list("id", flat=True)[:limit] if limit else qs.values_list("id", flat=True)
-        )
-        skipped_erased = count_erased(selection)
+        # Erased payloads (a forgotten person, or SCRUB_DELIVERED) are never selected: an
+        # emptied operation sent again could recreate a deleted person.
+        matching = Operation.objects.filter(status__in=statuses, **lookups)
+        selected = matching.exclude(erased_q()).order_by("id").values_list("id", flat=True)
+        ids = list(selected[:limit] if limit else selected)
+        skipped_erased = matching.filter(erased_q()).count()
         if skipped_erased:
             self.stdout.write(
                 f"Skipped {skipped_erased} operation{'s' if skipped_erased != 1 else ''} whose "
                 "payload was erased (forgotten person, or scrubbed after delivery): they are "
                 "never sent again."
             )
-        if selection.ids:
-            self._report_unselected(selection, ids)
+        self._report_unselected(statuses, lookups.get("id__in", []), ids)
         if not ids:
             self.stdout.write("No operations match.")
-            return
-        if options["dry_run"]:
+        elif options["dry_run"]:
             self._dry_run(ids, options["verbosity"])
-            return
-        if options["now"]:
+        elif options["now"]:
             self._check_refusal(force=options["force"])
-        reset = not options["keep_attempts"]
-        if options["now"]:
-            self._deliver_now(ids, selection.statuses, options, reset_attempts=reset)
-            return
-        count = requeue(ids, selection.statuses, reset_attempts=reset)
-        log.info("cio_replay: requeued %d of %d selected operations", count, len(ids))
-        message = f"Requeued {count} of {len(ids)} selected operations for the drain workers."
-        if count < len(ids):
-            message += (
-                f" {len(ids) - count} changed status meanwhile (e.g. being sent) and were skipped."
-            )
-        self.stdout.write(message)
+            self._deliver_now(ids, statuses, options)
+        else:
+            count = requeue(ids, statuses, reset_attempts=not options["keep_attempts"])
+            log.info("cio_replay: requeued %d of %d selected operations", count, len(ids))
+            message = f"Requeued {count} of {len(ids)} selected operations for the drain workers."
+            if count < len(ids):
+                message += (
+                    f" {len(ids) - count} changed status meanwhile (e.g. being sent) and were "
+                    "skipped."
+                )
+            self.stdout.write(message)
 
-    # ------------------------------------------------------------------ selection
-
-    def _selection(self, options: dict[str, Any]) -> tuple[Selection, int | None]:
-        limit = options["limit"]
-        if limit is not None and limit < 1:
-            raise _bad("--limit must be at least 1")
-        since = (
-            parse_moment(options["since"], option="--since", end=False)
-            if options["since"]
-            else None
-        )
-        until = (
-            parse_moment(options["until"], option="--until", end=True) if options["until"] else None
-        )
-        if (
-            since is not None
-            and until is not None
-            and (since.at > until.at or (since.at == until.at and not until.inclusive))
-        ):
+    def _selection(self, options: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+        """The statuses, and the lookups of the other filters given (each must match)."""
+        since = parse_moment(options["since"], option="--since", end=False)
+        until = parse_moment(options["until"], option="--until", end=True)
+        if since and until and since > until:
             raise _bad(f"--since {options['since']} is after --until {options['until']}")
         # Customer ids may contain commas: --customer is repeatable, never split.
         customers = list(dict.fromkeys(c.strip() for c in options["customer"] or () if c.strip()))
@@ -560,65 +425,49 @@ class Command(BaseCommand):
         error_contains = options["error_contains"]
         if error_contains is not None and not error_contains.strip():
             raise _bad("--error-contains needs some text")
-        selection = Selection(
-            statuses=parse_statuses(
-                options["status"], include_delivered=options["include_delivered"]
-            ),
-            kinds=parse_kinds(options["kind"]),
-            customers=customers,
-            since=since,
-            until=until,
-            ids=parse_ids(options["id"]),
-            error_contains=error_contains or "",
-        )
-        return selection, limit
+        statuses = parse_statuses(options["status"], include_delivered=options["include_delivered"])
+        lookups = {
+            "kind__in": parse_kinds(options["kind"]),
+            "customer_id__in": customers,
+            "created_at__gte": since,
+            "created_at__lte": until,
+            "id__in": parse_ids(options["id"]),
+            "last_error__icontains": error_contains,
+        }
+        return statuses, {lookup: value for lookup, value in lookups.items() if value}
 
-    def _report_unselected(self, selection: Selection, selected: Sequence[int]) -> None:
+    def _report_unselected(
+        self, statuses: Sequence[str], wanted: Sequence[int], selected: Sequence[int]
+    ) -> None:
         chosen = set(selected)
-        missing = [i for i in selection.ids if i not in chosen]
+        missing = [i for i in wanted if i not in chosen]
         if not missing:
             return
-        found = dict(
-            Operation.objects.filter(id__in=missing).values_list("id", "status").order_by("id")
+        rows = Operation.objects.filter(id__in=missing).annotate(
+            wiped=ExpressionWrapper(erased_q(), output_field=BooleanField())
         )
-        wiped = set(
-            Operation.objects.filter(id__in=missing).filter(erased()).values_list("id", flat=True)
-        )
-        parts = [
-            (f"#{i} ({found[i]}{', payload erased' if i in wiped else ''})")
-            if i in found
-            else f"#{i} (no such operation)"
-            for i in missing
-        ]
+        found = {
+            op_id: f"{status}, payload erased" if wiped else status
+            for op_id, status, wiped in rows.values_list("id", "status", "wiped")
+        }
+        parts = [f"#{i} ({found.get(i, 'no such operation')})" for i in missing]
         self.stderr.write(
-            f"Not selected (status not in {', '.join(selection.statuses)}, another filter, "
+            f"Not selected (status not in {', '.join(statuses)}, another filter, "
             f"or --limit): {', '.join(parts)}"
         )
-
-    # ------------------------------------------------------------------ dry run
 
     def _dry_run(self, ids: Sequence[int], verbosity: int) -> None:
         shown = ids if verbosity >= 2 else ids[:DRY_RUN_ROWS]
         rows = Operation.objects.filter(id__in=shown).order_by("id")
-        fields = (
-            "id",
-            "kind",
-            "customer_id",
-            "status",
-            "attempts",
-            "last_status_code",
-            "last_error",
-        )
-        table: list[tuple[str, ...]] = [
-            ("id", "kind", "customer", "status", "attempts", "last status", "error")
-        ]
-        for op_id, kind, customer, status, attempts, code, error in rows.values_list(*fields):
-            customer = customer if len(customer) <= 40 else customer[:39] + "…"
+        table = [("id", "kind", "customer", "status", "attempts", "last status", "error")]
+        for op_id, kind, customer, status, attempts, code, error in rows.values_list(
+            "id", "kind", "customer_id", "status", "attempts", "last_status_code", "last_error"
+        ):
             table.append(
                 (
                     str(op_id),
                     kind,
-                    customer,
+                    customer if len(customer) <= 40 else customer[:39] + "…",
                     status,
                     str(attempts),
                     "-" if code is None else str(code),
@@ -636,19 +485,30 @@ class Command(BaseCommand):
         if len(shown) < len(ids):
             self.stdout.write(f"… and {len(ids) - len(shown)} more (--verbosity 2 lists all).")
 
-    # ------------------------------------------------------------------ --now
-
     def _check_refusal(self, *, force: bool) -> None:
+        """Refuse (exit 3) what :func:`_refuse_reason` names, or with ``--force`` lift the
+        credentials pause and reset the breaker for every worker (a breaker event)."""
         reason = _refuse_reason()
         if reason is None:
             return
         if not force:
             raise CommandError(f"Refusing --now: {reason}", returncode=EXIT_REFUSED)
-        done = _override_refusal()
-        self.stderr.write(f"Warning: --force: {reason.split(';')[0]}; {done or 'ignored'}.")
-
-    def _stop_reason(self) -> str:
-        return self._interrupted
+        done: list[str] = []
+        if outbox.resume(AUTH_PAUSE):
+            done.append("lifted the credentials pause for every worker")
+        if _breaker_refusal() is not None:
+            transition = breaker.get_breaker().force("auto", reason=FORCE_ACTOR)
+            if transition is not None:
+                log.warning(
+                    "cio_replay: --force reset the circuit breaker (%s/%s -> %s)",
+                    transition.from_state,
+                    transition.from_mode,
+                    transition.to_state,
+                )
+                done.append("reset the circuit breaker to closed for every worker")
+        self.stderr.write(
+            f"Warning: --force: {reason.split(';')[0]}; {' and '.join(done) or 'ignored'}."
+        )
 
     def _on_interrupt(self, signum: int, frame: FrameType | None) -> None:
         if self._interrupted:
@@ -656,12 +516,7 @@ class Command(BaseCommand):
         self._interrupted = "interrupted"
 
     def _deliver_now(
-        self,
-        ids: Sequence[int],
-        statuses: Sequence[str],
-        options: dict[str, Any],
-        *,
-        reset_attempts: bool,
+        self, ids: Sequence[int], statuses: Sequence[str], options: dict[str, Any]
     ) -> None:
         rate: float | None = options["rate"]
         size: int = options["chunk_size"] or DEFAULT_CHUNK_SIZE
@@ -672,11 +527,27 @@ class Command(BaseCommand):
         in_main = threading.current_thread() is threading.main_thread()
         previous: Any = signal.signal(signal.SIGINT, self._on_interrupt) if in_main else None
         try:
-            self._run_chunks(ids, statuses, tally, size=size, rate=rate, reset=reset_attempts)
+            started = self._last_progress = self.monotonic()
+            for chunk in _chunks(ids, size):
+                if self._interrupted:
+                    tally.stopped = self._interrupted
+                    break
+                if rate is not None:
+                    wait = started + tally.done / rate - self.monotonic()
+                    if wait > 0:
+                        self.sleep(wait)
+                requeue(chunk, statuses, reset_attempts=not options["keep_attempts"])
+                stop = self._drain_chunk(chunk)
+                tally.count(chunk)
+                self._progress(tally)
+                if stop:
+                    tally.stopped = stop
+                    break
         finally:
             if in_main:
                 signal.signal(signal.SIGINT, previous)
-        self._finish_progress(tally)
+        if self.stdout.isatty() and tally.done:
+            self.stdout.write("")  # end the progress bar's line
         self.stdout.write(tally.summary())
         log.info("cio_replay --now: %s", tally.summary())
         problems = []
@@ -695,35 +566,7 @@ class Command(BaseCommand):
                 "operation of the same person is still open, or a worker took them)."
             )
 
-    def _run_chunks(
-        self,
-        ids: Sequence[int],
-        statuses: Sequence[str],
-        tally: Tally,
-        *,
-        size: int,
-        rate: float | None,
-        reset: bool,
-    ) -> None:
-        started = self.monotonic()
-        self._last_progress = started
-        for chunk in _chunks(ids, size):
-            if self._interrupted:
-                tally.stopped = self._interrupted
-                return
-            if rate is not None:
-                wait = started + tally.done / rate - self.monotonic()
-                if wait > 0:
-                    self.sleep(wait)
-            requeue(chunk, statuses, reset_attempts=reset)
-            stop = self._drain_chunk(chunk)
-            tally.count(chunk)
-            self._progress(tally)
-            if stop:
-                tally.stopped = stop
-                return
-
-    def _drain_chunk(self, chunk: list[int]) -> str:
+    def _drain_chunk(self, chunk: Sequence[int]) -> str:
         """Deliver one chunk, waiting out 429 pauses and busy half-open probe slots; returns
         why the run must stop, if so (an auth pause, an open circuit breaker)."""
         rate_limited = probe_waits = 0
@@ -731,20 +574,20 @@ class Command(BaseCommand):
             until, reason = outbox.paused_until()
             if until is not None:
                 if reason == AUTH_PAUSE:
-                    return "Customer.io rejected the credentials (401/403); delivery is paused"
+                    return AUTH_STOPPED
                 rate_limited += 1
                 self.sleep(max(0.0, (until - clock.now()).total_seconds()))
                 continue
             result = outbox.drain(
                 ids=chunk,
                 max_seconds=CHUNK_MAX_SECONDS,
-                should_stop=self._stop_reason,
+                should_stop=lambda: self._interrupted,
                 sleep=self.sleep,
             )
             if result.stopped:
                 return result.stopped
             if result.paused == AUTH_PAUSE:
-                return "Customer.io rejected the credentials (401/403); delivery is paused"
+                return AUTH_STOPPED
             if result.paused:
                 rate_limited += 1
                 continue
@@ -769,17 +612,11 @@ class Command(BaseCommand):
             f"failed={tally.failed}"
         )
         if self.stdout.isatty():
-            width = 30
-            filled = width * tally.done // max(1, tally.selected)
-            bar = "#" * filled + "-" * (width - filled)
-            self.stdout.write(f"\r[{bar}] {text}", ending="")
+            filled = 30 * tally.done // max(1, tally.selected)
+            self.stdout.write(f"\r[{'#' * filled}{'-' * (30 - filled)}] {text}", ending="")
             self.stdout.flush()
             return
         now = self.monotonic()
         if tally.done < tally.selected and now - self._last_progress >= PROGRESS_INTERVAL:
             self._last_progress = now
             self.stdout.write(f"progress: {text}")
-
-    def _finish_progress(self, tally: Tally) -> None:
-        if self.stdout.isatty() and tally.done:
-            self.stdout.write("")

@@ -1,8 +1,5 @@
-"""``manage.py cio_status``: queue depth, oldest open operation, dead letters, pauses, breaker.
-
-Exit codes: 0 healthy, or no ``--fail-on-*`` flag given; 1 a ``--fail-on-*`` condition holds
-(the report is printed first); 2 bad arguments.
-"""
+"""``manage.py cio_status``: queue depth, oldest open operation, dead letters, pauses, breaker
+(docs/commands.md; the exit codes are in ``Command.help``)."""
 
 from __future__ import annotations
 
@@ -13,14 +10,14 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from django_cio_reliable import breaker, clock, lifecycle, outbox
+from django_cio_reliable import breaker, lifecycle, outbox
+from django_cio_reliable.clock import human_duration
 
 EXIT_UNHEALTHY = 1
 EXIT_BAD_ARGUMENTS = 2
 
-#: Statuses in the order they are printed, and the ones still to be delivered.
+#: Statuses in the order they are printed.
 STATUSES = tuple(lifecycle.Status.values)
-OPEN_STATUSES = lifecycle.OPEN
 
 PAUSE_REASONS = {
     "auth": "credentials rejected (401/403)",
@@ -28,45 +25,31 @@ PAUSE_REASONS = {
 }
 
 
-human_duration = clock.human_duration
-
-
 def _iso(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return timezone.localtime(moment).isoformat(timespec="seconds")
+    return None if moment is None else timezone.localtime(moment).isoformat(timespec="seconds")
 
 
-def breaker_report(snapshot: breaker.Snapshot) -> dict[str, Any]:
-    """The circuit breaker's part of the report."""
-    return {
-        "state": snapshot.state,
-        "mode": snapshot.mode,
-        "open_since": _iso(snapshot.open_since),
-        "retry_at": _iso(snapshot.retry_at),
-        "failure_rate": round(snapshot.failure_rate, 3),
-        "calls_in_window": snapshot.calls,
-    }
-
-
-def build_report(
-    status: outbox.QueueStatus, snapshot: breaker.Snapshot | None = None
-) -> dict[str, Any]:
+def build_report(status: outbox.QueueStatus, snapshot: breaker.Snapshot) -> dict[str, Any]:
     """The machine-readable report (what ``--json`` prints)."""
-    counts = {name: int(status.counts.get(name, 0)) for name in STATUSES}
-    for name, count in status.counts.items():
-        counts.setdefault(name, int(count))
+    counts = status.counts  # every status, in the order of STATUSES
     age = status.oldest_open_age
     return {
         "counts": counts,
-        "open": sum(counts[name] for name in OPEN_STATUSES),
+        "open": sum(counts[name] for name in lifecycle.OPEN),
         "dead": counts["dead"],
         "oldest_open_age_seconds": None if age is None else round(age, 3),
         "oldest_open_age": None if age is None else human_duration(age),
         "paused_until": _iso(status.paused_until),
         "pause_reason": status.pause_reason or None,
         "credentials_failed_at": _iso(status.auth_failed_at),
-        "breaker": None if snapshot is None else breaker_report(snapshot),
+        "breaker": {
+            "state": snapshot.state,
+            "mode": snapshot.mode,
+            "open_since": _iso(snapshot.open_since),
+            "retry_at": _iso(snapshot.retry_at),
+            "failure_rate": round(snapshot.failure_rate, 3),
+            "calls_in_window": snapshot.calls,
+        },
     }
 
 
@@ -117,7 +100,6 @@ class Command(BaseCommand):
         if age_limit is not None and age_limit < 0:
             raise CommandError("--fail-on-age must be 0 or more", returncode=EXIT_BAD_ARGUMENTS)
         report = build_report(outbox.queue_status(), breaker.get_breaker().snapshot(fresh=True))
-
         failures: list[str] = []
         if options["fail_on_dead"] and report["dead"]:
             failures.append(f"{report['dead']} dead operations")
@@ -133,7 +115,6 @@ class Command(BaseCommand):
             failures.append(f"circuit breaker is {state['state']} ({state['mode']})")
         if options["fail_on_auth"] and report["credentials_failed_at"]:
             failures.append("Customer.io rejected the credentials")
-
         if options["json"]:
             report["ok"] = not failures
             report["failures"] = failures
