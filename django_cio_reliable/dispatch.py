@@ -60,23 +60,21 @@ class _Kicker:
         debounce = app_settings.KICK_DEBOUNCE
         with self.lock:
             self._check_fork()
-            now = time.monotonic()
-            wait = self.last + debounce - now
+            wait = self.last + debounce - time.monotonic()
             if wait <= 0:
-                self.last = now
-                send = _first_in_shared_window(debounce)
-                if not send:
-                    # Another process kicked moments ago; that drain may have started before
-                    # this commit, so keep one trailing kick.
-                    wait = debounce
-            else:
-                send = False
-            if not send and self.timer is None:
-                self.timer = threading.Timer(min(wait, 3600.0), self._trailing)
+                self.last = time.monotonic()
+        # The shared cache is asked outside the lock: no Python lock is held over I/O.
+        if wait <= 0 and _first_in_shared_window(debounce):
+            self._send()
+            return
+        with self.lock:
+            if self.timer is None:
+                # One trailing kick: at the end of this window, or a whole window on when
+                # another process kicked moments ago (its drain may have started before this
+                # commit).
+                self.timer = threading.Timer(min(max(wait, 0) or debounce, 3600.0), self._trailing)
                 self.timer.daemon = True
                 self.timer.start()
-        if send:
-            self._send()
 
     def _trailing(self) -> None:
         with self.lock:
