@@ -69,7 +69,7 @@ def send_or_store(
     if connections[using].in_atomic_block:
         # Shared state (breaker, rate limit, counts) is never written inside the caller's
         # transaction, and a rolled-back operation must never be sent: deliver after commit.
-        transaction.on_commit(lambda: _deliver(operation), using=using, robust=True)
+        transaction.on_commit(lambda: _deliver(operation), using=using)
     else:
         _deliver(operation)
     return operation
@@ -79,15 +79,22 @@ def _deliver(operation: Operation) -> None:
     """Deliver one stored, committed operation now: at most ``DIRECT_ATTEMPTS`` tries through
     the drain's path; whatever fails is left to the drain. Updates ``operation`` in place."""
     budget = app_settings.TIMEOUT + app_settings.CONNECT_TIMEOUT + DIRECT_MAX_RATE_WAIT
-    for _ in range(max(1, app_settings.DIRECT_ATTEMPTS)):
-        result = outbox.drain(
-            ids=[operation.pk], max_seconds=budget, rate_wait=DIRECT_MAX_RATE_WAIT
+    try:
+        for _ in range(max(1, app_settings.DIRECT_ATTEMPTS)):
+            result = outbox.drain(
+                ids=[operation.pk], max_seconds=budget, rate_wait=DIRECT_MAX_RATE_WAIT
+            )
+            operation.refresh_from_db()
+            if not result.failed or result.paused or result.breaker or result.stopped:
+                break
+            # A transient failure: the next try is now, not after the drain's backoff.
+            Operation.objects.filter(pk=operation.pk).retry_now(clock.now())
+    except Exception:
+        # Stored and committed: the drain delivers it. The request never fails because of it.
+        log.exception(
+            "cio: direct delivery of operation %s failed; left to the drain", operation.pk
         )
-        operation.refresh_from_db()
-        if not result.failed or result.paused or result.breaker or result.stopped:
-            break
-        # A transient failure: the next try is now, not after the drain's backoff.
-        Operation.objects.filter(pk=operation.pk).retry_now(clock.now())
+        return
     if operation.status != Operation.Status.DELIVERED:
         log.info(
             "cio: direct send of operation %s not delivered (%s); left to the drain",

@@ -152,3 +152,25 @@ def test_failed_attempts_stay_on_the_dashboard_after_the_retry_delivered(
     # the drain's path.
     assert sum(b.failed for b in buckets) == 2
     assert sum(b.delivered for b in buckets) == 1
+
+
+def test_a_failing_delivery_never_fails_the_caller(
+    direct: FakeCustomerIO, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever breaks while sending (here the database), the operation is stored and the
+    request goes on: in autocommit and after a commit alike."""
+    from django.db import DatabaseError
+
+    def broken(**kwargs: Any) -> outbox.DrainResult:
+        raise DatabaseError("connection lost")
+
+    monkeypatch.setattr(outbox, "drain", broken)
+    first = cio.track("p", "x")
+    with transaction.atomic():
+        second = cio.track("q", "x")
+    assert sorted(Operation.objects.values_list("pk", "status")) == [
+        (first.pk, Status.PENDING),
+        (second.pk, Status.PENDING),
+    ]
+    assert direct.requests == []
+    assert caplog.text.count("left to the drain") == 2
