@@ -412,7 +412,7 @@ def install_death(point: str, after: int) -> None:
             _die()
 
     if point == "claim":
-        original_claim = runner.claim
+        original_claim = outbox.claim  # what the drain loop (outbox.runner) calls
 
         def claim(*args: Any, **kwargs: Any) -> outbox.Claim:
             claimed = original_claim(*args, **kwargs)
@@ -432,7 +432,7 @@ def install_death(point: str, after: int) -> None:
 
             _replace(transport.Transport, method, sent)
     elif point == "ack":
-        original_ack = deliver.ack_delivered
+        original_ack = outbox.ack_delivered  # what the Deliverer (outbox.deliver) calls
 
         def ack(claim_: outbox.Claim, operations: Sequence[Any], *args: Any, **kwargs: Any) -> int:
             if not operations:

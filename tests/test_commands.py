@@ -670,12 +670,12 @@ def status(*args: str) -> str:
 
 
 def test_human_duration() -> None:
-    assert cio_status.human_duration(0) == "0s"
-    assert cio_status.human_duration(59.9) == "59s"
-    assert cio_status.human_duration(61) == "1m 01s"
-    assert cio_status.human_duration(2 * 3600 + 5 * 60 + 9) == "2h 05m"
-    assert cio_status.human_duration(3 * 86400 + 4 * 3600 + 1) == "3d 4h"
-    assert cio_status.human_duration(-5) == "0s"
+    assert clock.human_duration(0) == "0s"
+    assert clock.human_duration(59.9) == "59s"
+    assert clock.human_duration(61) == "1m 01s"
+    assert clock.human_duration(2 * 3600 + 5 * 60 + 9) == "2h 05m"
+    assert clock.human_duration(3 * 86400 + 4 * 3600 + 1) == "3d 4h"
+    assert clock.human_duration(-5) == "0s"
 
 
 def test_status_empty_queue() -> None:
