@@ -12,7 +12,8 @@ Phases:
    producer processes (``benchmarks.soak_producer``) run for ``--seconds``. Meanwhile: two full
    outages (every request 503, then the server stopped: connection refused), and every 2–5 s
    a SIGKILL of either a whole cluster (restarted after 0.5–2 s) or one of its worker
-   processes (django-q2 starts a new one).
+   processes in the middle of a drain (django-q2 starts a new one; an idle worker is never
+   killed alone: that wedges a django-q2 cluster, issue #23 of django-q2).
 3. Faults stop; this process kicks a drain every 2 s (as web traffic would) until the outbox has
    no open operation, then waits for in-flight requests to finish and stops the clusters.
 4. Checks (``benchmarks.soak_check``): every accepted operation delivered or dead for a stated
@@ -154,6 +155,33 @@ class Cluster:
                     continue
         return sorted(set(pids))
 
+    def busy_worker_pids(self) -> list[int]:
+        """Workers of :meth:`worker_pids` that are running a task right now.
+
+        A worker has started a task when django-q2 logs ``Process-NAME processing`` after its
+        ``Process-NAME ready for work at PID``, and finished it when ``tasks.drain`` logs
+        ``PID … drain finished``.
+        """
+        if self.child is None:
+            return []
+        names: dict[str, int] = {}
+        started: dict[int, int] = {}
+        finished: dict[int, int] = {}
+        for index, line in enumerate(self.child.stderr().splitlines()):
+            if " ready for work at " in line:
+                name = line.split("INFO ", 1)[-1].split(" ", 1)[0]
+                names[name] = int(line.rsplit(" ", 1)[-1])
+            elif " processing " in line:
+                pid = names.get(line.split("INFO ", 1)[-1].split(" ", 1)[0])
+                if pid is not None:
+                    started[pid] = index
+            elif "drain finished" in line:
+                parts = line.split()
+                if len(parts) > 2 and parts[2].isdigit():
+                    finished[int(parts[2])] = index
+        alive = set(self.worker_pids())
+        return sorted(p for p, at in started.items() if p in alive and at > finished.get(p, -1))
+
     def stop(self) -> None:
         if self.child is not None:
             self.child.stop(timeout=15)
@@ -222,7 +250,10 @@ class Chaos:
         if not live:
             return
         cluster = self.rng.choice(live)
-        workers = cluster.worker_pids()
+        # Only a worker in the middle of a drain: an idle django-q2 worker waits for its next
+        # task holding the queue's read lock, and killing it then wedges the whole cluster
+        # (django-q2 issue #23) — a test of django-q2, not of this app.
+        workers = cluster.busy_worker_pids()
         if workers and self.rng.random() < 0.5:
             pid = self.rng.choice(workers)
             try:
