@@ -498,3 +498,75 @@ def test_per_person_order_holds_when_transactions_commit_in_reverse(
     assert set(Operation.objects.filter(customer_id="dave").values_list("status", flat=True)) == {
         Status.DELIVERED
     }
+
+
+@pytest.mark.postgres
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_one_transaction_can_store_operations_of_many_people_on_postgres(quiet: None) -> None:
+    """The person-order locks are shared by buckets: a transaction storing operations of
+    10,000 people (a data migration, a bulk job) holds a bounded number of locks instead of
+    running PostgreSQL out of its lock table ("out of shared memory")."""
+    from django_cio_reliable.outbox.store import PERSON_LOCK_BUCKETS
+
+    now = timezone.now()
+    people = [f"bulk-{i}" for i in range(10_000)]
+    with transaction.atomic():
+        for person in people[:100]:
+            api.identify(person, {"n": 1})
+        outbox.store_many(
+            [outbox.new_operation("identify", p, {"attributes": {}}, now=now) for p in people],
+            "default",
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = "
+                "pg_backend_pid()"
+            )
+            held = cursor.fetchone()[0]
+    assert 0 < held <= PERSON_LOCK_BUCKETS
+    assert Operation.objects.count() == 10_100
+
+
+@pytest.mark.postgres
+@postgres_only
+def test_a_claim_probes_each_candidates_person_even_with_stale_statistics(quiet: None) -> None:
+    """A backlog that grew after the table was last analysed (an outage) must not turn the
+    per-person check into a join filter over every open row (quadratic in the backlog): each
+    candidate is one probe of the person index."""
+    now = timezone.now()
+    common: dict[str, Any] = {"kind": "identify", "payload": {}, "next_attempt_at": now}
+    Operation.objects.bulk_create(
+        [
+            Operation(
+                customer_id=f"c{i}",
+                person_key=f"c:c{i}",
+                status=Status.DELIVERED,
+                delivered_at=now,
+                created_at=now,
+                **common,
+            )
+            for i in range(20_000)
+        ],
+        batch_size=5_000,
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE django_cio_reliable_operation")
+    Operation.objects.bulk_create(  # the backlog: 5,000 open operations of 500 people
+        [
+            Operation(
+                customer_id=f"p{i % 500}", person_key=f"c:p{i % 500}", created_at=now, **common
+            )
+            for i in range(5_000)
+        ],
+        batch_size=5_000,
+    )
+    with CaptureQueriesContext(connection) as captured:
+        claim = outbox.claim(200, lease_seconds=LEASE)
+    assert len(claim.operations) == 200
+    locking = [q["sql"] for q in captured.captured_queries if "FOR UPDATE" in q["sql"]]
+    assert len(locking) == 1
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN ANALYZE {locking[0]}")
+        plan = "\n".join(str(row[0]) for row in cursor.fetchall())
+    assert "Rows Removed by Join Filter" not in plan, plan

@@ -21,7 +21,11 @@ from django_cio_reliable.conf import app_settings
 from django_cio_reliable.lifecycle import Status
 from django_cio_reliable.models import Operation
 from django_cio_reliable.outbox.ack import send_on_commit
-from django_cio_reliable.outbox.store import PERSON_LOCK_SPACE, db_for_write
+from django_cio_reliable.outbox.store import (
+    PERSON_LOCK_BUCKETS,
+    PERSON_LOCK_SPACE,
+    db_for_write,
+)
 from django_cio_reliable.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -105,7 +109,7 @@ def _lock_due(qs: QuerySet[Operation], limit: int, using: str) -> list[int]:
     earlier operation of theirs may be uncommitted. For the others the earlier-open check is
     made again in a new statement (a new snapshot), which sees everything committed before the
     lock test. The test takes the exclusive lock and gives it back at once, so it never makes
-    an enqueuer wait (direct mode claims inside the caller's transaction).
+    an enqueuer wait.
     """
     candidates = list(
         qs.select_for_update(skip_locked=True, of=("self",)).values_list("id", "person_key")[:limit]
@@ -113,12 +117,13 @@ def _lock_due(qs: QuerySet[Operation], limit: int, using: str) -> list[int]:
     if not candidates:
         return []
     persons = sorted({pkey for _, pkey in candidates})
+    space, mask = PERSON_LOCK_SPACE, PERSON_LOCK_BUCKETS - 1
     with connections[using].cursor() as cursor:
         cursor.execute(
             "SELECT k FROM unnest(%s::text[]) AS k WHERE CASE "
-            "WHEN pg_try_advisory_lock(%s, hashtext(k)) "
-            "THEN pg_advisory_unlock(%s, hashtext(k)) ELSE false END",
-            [persons, PERSON_LOCK_SPACE, PERSON_LOCK_SPACE],
+            "WHEN pg_try_advisory_lock(%s, hashtext(k) & %s) "
+            "THEN pg_advisory_unlock(%s, hashtext(k) & %s) ELSE false END",
+            [persons, space, mask, space, mask],
         )
         free = {row[0] for row in cursor.fetchall()}
     if len(free) < len(persons):

@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 
 #: Namespace of the PostgreSQL advisory locks that order a person's operations.
 PERSON_LOCK_SPACE = 0x43494F  # "CIO"
+#: People share this many advisory locks (a hash of the person key picks one): a transaction
+#: that stores operations of 50,000 people holds at most this many locks, well within
+#: PostgreSQL's lock table (``max_locks_per_transaction`` × ``max_connections``, 6,400 by
+#: default), and a claim skips only the people of the buckets still being written.
+PERSON_LOCK_BUCKETS = 256
 
 
 def person_key(kind: str, customer_id: str) -> str:
@@ -298,18 +303,19 @@ def store_many(operations: Sequence[Operation], using: str) -> None:
 def _hold_person_order(*pkeys: str, using: str) -> None:
     """On PostgreSQL, mark the current transaction as one that stores operations of ``pkeys``.
 
-    A shared advisory lock, held until the transaction ends: enqueuers never wait for each other,
-    but a claim (which asks for the exclusive lock without waiting) knows that an operation of
-    this person may still be uncommitted and leaves the person alone until it commits or rolls
-    back. Without it a later operation committed first could be sent before an earlier one
-    (guarantee 3). Other databases need nothing: SQLite has one writer at a time, so a person's
-    operations commit in id order.
+    A shared advisory lock (one of :data:`PERSON_LOCK_BUCKETS`), held until the transaction
+    ends: enqueuers never wait for each other, but a claim (which asks for the exclusive lock
+    without waiting) knows that an operation of this person may still be uncommitted and leaves
+    the person alone until it commits or rolls back. Without it a later operation committed
+    first could be sent before an earlier one (guarantee 3). Other databases need nothing:
+    SQLite has one writer at a time, so a person's operations commit in id order.
     """
     connection = connections[using]
     if connection.vendor != "postgresql":
         return
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT pg_advisory_xact_lock_shared(%s, hashtext(k)) FROM unnest(%s::text[]) AS k",
-            [PERSON_LOCK_SPACE, list(pkeys)],
+            "SELECT pg_advisory_xact_lock_shared(%s, b) FROM "
+            "(SELECT DISTINCT hashtext(k) & %s AS b FROM unnest(%s::text[]) AS k) AS buckets",
+            [PERSON_LOCK_SPACE, PERSON_LOCK_BUCKETS - 1, list(pkeys)],
         )
