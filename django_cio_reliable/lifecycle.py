@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from django.db import models
-from django.db.models import Case, F, OuterRef, Q, Subquery, Value, When
+from django.db.models import Case, Exists, F, OuterRef, Q, Value, When
 from django.db.models.functions import Cast, Coalesce, Concat
 
 if TYPE_CHECKING:
@@ -69,19 +69,11 @@ class OperationQuerySet(models.QuerySet["Operation"]):
         )
 
     def claimable(self, now: datetime) -> OperationQuerySet:
-        """Due operations that are the first open operation of their person, oldest first."""
-        # "The person's first open id" rather than "no earlier open one": a scalar subquery with
-        # LIMIT 1 stays one probe of the partial index cio_op_person_open per candidate, whatever
-        # the statistics say (an anti-join may be planned as a join filter over every open row,
-        # quadratic in the backlog when the statistics predate it).
-        first_open = (
-            self.model._default_manager.filter(person_key=OuterRef("person_key"), status__in=OPEN)
-            .order_by("id")
-            .values("id")[:1]
+        """Due operations with no earlier open operation of the same person, oldest first."""
+        earlier_open = self.model._default_manager.filter(
+            person_key=OuterRef("person_key"), id__lt=OuterRef("id"), status__in=OPEN
         )
-        return cast(
-            "OperationQuerySet", self.due(now).filter(id=Subquery(first_open)).order_by("id")
-        )
+        return cast("OperationQuerySet", self.due(now).filter(~Exists(earlier_open)).order_by("id"))
 
     def abandoned(self, now: datetime, *, max_attempts: int, max_age: float) -> OperationQuerySet:
         """Leased operations whose lease expired unacknowledged and that may not be tried
