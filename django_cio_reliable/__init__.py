@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from django_cio_reliable import hooks
 from django_cio_reliable.api import DERIVE, delete, forget, identify, track, track_anonymous
-from django_cio_reliable.exceptions import DeliveryError, InvalidOperation
+from django_cio_reliable.exceptions import DeliveryError, IdempotencyConflict, InvalidOperation
 
 if TYPE_CHECKING:
     from django_cio_reliable import testing as testing
@@ -35,6 +35,7 @@ def __getattr__(name: str) -> ModuleType:
 __all__ = [
     "DERIVE",
     "DeliveryError",
+    "IdempotencyConflict",
     "InvalidOperation",
     "__version__",
     "delete",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from django_cio_reliable import validation
+from django_cio_reliable import clock, validation
 from django_cio_reliable.conf import app_settings
 from django_cio_reliable.idempotency import DERIVE, _Derive, derive_key, validate_key
 
@@ -21,6 +21,16 @@ if TYPE_CHECKING:
 
 #: Window of content-derived keys (``idempotency_key=DERIVE``), in seconds.
 DERIVED_KEY_WINDOW = 300.0
+
+
+def _event_time(timestamp: object) -> int:
+    """The event's time: the caller's, else now (database time), in whole Unix seconds.
+
+    Stamped at the call, not at delivery: an event stored during an outage reaches
+    Customer.io with the time it happened, however late it is sent.
+    """
+    given = validation.timestamp(timestamp)
+    return int(clock.now().timestamp()) if given is None else given
 
 
 def _store(
@@ -97,7 +107,10 @@ def track(
         data: Event data (at most 100,000 bytes as JSON).
         idempotency_key: One operation per key within ``IDEMPOTENCY_TTL``; ``DERIVE`` derives
             it from the content and a 5-minute window.
-        timestamp: When the event happened (Unix seconds or a datetime); default: when sent.
+        timestamp: When the event happened (Unix seconds or a datetime); default: now, the
+            time of this call (not of the delivery, which may be much later). Customer.io
+            records the event at this time; an event more than 72 hours old when it arrives
+            is recorded but does not trigger campaigns.
 
     Returns:
         The stored :class:`~django_cio_reliable.models.Operation`.
@@ -109,9 +122,7 @@ def track(
     event = validation.event_name(name)
     values, data_size = validation.event_data_sized(data)
     payload: dict[str, Any] = {"name": event, "data": values}
-    ts = validation.timestamp(timestamp)
-    if ts is not None:
-        payload["timestamp"] = ts
+    payload["timestamp"] = _event_time(timestamp)
     size = validation.json_bytes_known(payload, {"data": data_size})
     return _store("track", cid, payload, name=event, idempotency_key=idempotency_key, size=size)
 
@@ -143,9 +154,7 @@ def track_anonymous(
     event = validation.event_name(name)
     values, data_size = validation.event_data_sized(data)
     payload: dict[str, Any] = {"anonymous_id": aid, "name": event, "data": values}
-    ts = validation.timestamp(timestamp)
-    if ts is not None:
-        payload["timestamp"] = ts
+    payload["timestamp"] = _event_time(timestamp)
     size = validation.json_bytes_known(payload, {"data": data_size})
     return _store(
         "track_anonymous", aid, payload, name=event, idempotency_key=idempotency_key, size=size

@@ -30,6 +30,28 @@ class InvalidOperation(ValueError):
         self.actual = actual
 
 
+class IdempotencyConflict(RuntimeError):
+    """Another transaction holds the idempotency key, and this one cannot see its operation.
+
+    Raised by a keyed call made inside a ``REPEATABLE READ`` or ``SERIALIZABLE`` transaction
+    when a concurrent transaction committed an operation under the same key after this
+    transaction's snapshot was taken: the key is taken, but the operation that holds it is
+    invisible here, so neither a new operation nor the existing one can be returned. Nothing
+    was stored. Retry the whole transaction (as for a serialization failure): the retry sees
+    the winner's operation and returns it.
+
+    Attributes:
+        key_hash: A short, stable SHA-256 hash of the key as given (never the key itself).
+    """
+
+    def __init__(self, key_hash: str) -> None:
+        super().__init__(
+            f"idempotency key {key_hash} (a SHA-256 prefix) was reserved by a concurrent "
+            "transaction that this transaction's snapshot cannot see; retry the transaction"
+        )
+        self.key_hash = key_hash
+
+
 class DeliveryError(Exception):
     """A request to Customer.io failed.
 

@@ -72,13 +72,37 @@ def new_event_id(key: str | None = None, *, now: float | None = None) -> str:
 
 
 def validate_key(value: object, *, field: str = "idempotency_key") -> str:
-    """Check an explicit idempotency key: a non-empty string of at most 255 characters."""
+    """Check an explicit idempotency key: a non-empty string of at most 255 characters.
+
+    It must also be storable as it is on every database: no NUL character and no lone
+    surrogate (which has no UTF-8 form).
+    """
     if not isinstance(value, str):
         raise InvalidOperation(
             f"{field} must be a string, got {type(value).__name__}", field=field, limit="str"
         )
+    value = str.__str__(value)
     if not value.strip():
         raise InvalidOperation(f"{field} must not be empty", field=field, limit="non-empty")
+    if "\x00" in value:
+        raise InvalidOperation(
+            f"{field} contains a NUL character (\\x00), which PostgreSQL cannot store; "
+            "it is refused on every database",
+            field=field,
+            limit="no NUL characters",
+            actual="NUL character",
+        )
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidOperation(
+                f"{field} is not valid Unicode text (it contains a lone surrogate) and cannot "
+                "be stored as UTF-8",
+                field=field,
+                limit="valid UTF-8",
+                actual="lone surrogate",
+            ) from None
     if len(value) > KEY_MAX_LENGTH:
         raise InvalidOperation(
             f"{field} is {len(value)} characters; the limit is {KEY_MAX_LENGTH}",
@@ -87,6 +111,22 @@ def validate_key(value: object, *, field: str = "idempotency_key") -> str:
             actual=f"{len(value)} characters",
         )
     return value
+
+
+def scope_key(kind: str, person_key: str, key: str) -> str:
+    """The stored form of ``key`` for one kind of operation of one person.
+
+    Keys are scoped: Alice's ``"welcome"`` and Bob's ``"welcome"`` are two keys, and so are an
+    ``identify`` and a ``track`` under one key. The scoped key is a SHA-256 of the three, so it
+    fits the key column whatever the lengths, and holds no customer id in clear.
+    """
+    text = f"{kind}\0{person_key}\0{key}"
+    return "k1:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def key_hash(key: str) -> str:
+    """A short, stable hash of ``key`` to name it in messages and logs (never the key itself)."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
 def derive_key(

@@ -250,7 +250,7 @@ class OperationQuerySet(models.QuerySet["Operation"]):
 
         Open ones become ``dead`` as :data:`FORGOTTEN` with their lease revoked (a worker
         holding one changes nothing afterwards); delivered and dead ones keep their row
-        without the payload.
+        without the payload. Every row loses its customer id and idempotency key too.
 
         Returns:
             ``(cancelled, in_flight, erased, lease_end)``: waiting operations ended, operations
@@ -258,7 +258,12 @@ class OperationQuerySet(models.QuerySet["Operation"]):
             operation being sent would have ended (its request may still be on its way until
             then).
         """
-        erase: dict[str, Any] = {"payload": {}, "idempotency_key": ""}
+        erase: dict[str, Any] = {
+            "payload": {},
+            "idempotency_key": "",
+            "customer_id": "",
+            "person_key": "",
+        }
         sending = self.filter(status=Status.SENDING)
         lease_end = sending.filter(lease_expires_at__gt=now).aggregate(
             end=models.Max("lease_expires_at")

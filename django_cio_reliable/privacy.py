@@ -79,7 +79,9 @@ def forget(customer_id: str | int, *, send_delete: bool = False) -> ForgetResult
 
     Open operations (pending, failed, and being sent) are dead-lettered as
     :data:`FORGOTTEN` with their payload erased; delivered and dead ones keep their row
-    (kind, ids, timestamps, size) without the payload. Once this returns, no operation of the
+    (kind, operation and event ids, timestamps, size) without the payload. No erased row keeps
+    the customer id or the idempotency key. It writes to the database the routers choose
+    for :class:`~django_cio_reliable.models.Operation`. Once this returns, no operation of the
     person is sent, except a request a worker had already started (see the module docs).
 
     Args:
@@ -100,20 +102,26 @@ def forget(customer_id: str | int, *, send_delete: bool = False) -> ForgetResult
     cid = validation.customer_id(customer_id)
     now = clock.now()
     result = ForgetResult()
-    with transaction.atomic():
-        result.cancelled, result.in_flight, result.erased, lease_end = Operation.objects.filter(
+    # The database the outbox writes to (routers honoured), like every other write of the app.
+    using = outbox.db_for_write()
+    operations = Operation.objects.using(using)
+    with transaction.atomic(using=using):
+        result.cancelled, result.in_flight, result.erased, lease_end = operations.filter(
             _person(cid)
         ).forget(now)
-        keys = list(IdempotencyKey.objects.filter(person_key__in=[f"c:{cid}", f"a:{cid}"]))
-        result.keys = IdempotencyKey.objects.filter(pk__in=[k.pk for k in keys]).delete()[0]
+        key_rows = IdempotencyKey.objects.using(using).filter(
+            person_key__in=[f"c:{cid}", f"a:{cid}"]
+        )
+        keys = list(key_rows.values_list("key", flat=True))
+        result.keys = key_rows.delete()[0]
         for key in keys:
-            key_cache.discard(key.key)
+            key_cache.discard(key)
         if send_delete:
             # Stored in the outbox whatever DELIVERY says, and due only once the lease of a
             # request still on its way has ended: a late identify must not recreate the person.
             delete = outbox.enqueue(Operation.Kind.DELETE, cid, {})
             if lease_end is not None:
-                Operation.objects.filter(pk=delete.pk).postpone(lease_end)
+                operations.filter(pk=delete.pk).postpone(lease_end)
             result.delete_operation_id = delete.pk
     log.info(
         "cio: forgot a person: %d cancelled, %d in flight ended, %d erased, %d keys",

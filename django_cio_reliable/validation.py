@@ -188,7 +188,14 @@ def _type_name(value: object) -> str:
 
 
 def _utf8_size(text: str) -> int:
-    """Byte length of ``text`` in UTF-8; ``_Refusal`` for a lone surrogate."""
+    """Byte length of ``text`` in UTF-8; ``_Refusal`` for a NUL character or a lone surrogate."""
+    if "\x00" in text:
+        raise _Refusal(
+            "contains a NUL character (\\x00), which PostgreSQL cannot store in text or JSON; "
+            "it is refused on every database",
+            limit="no NUL characters",
+            actual="NUL character",
+        )
     if text.isascii():  # O(1) in CPython
         return len(text)
     try:

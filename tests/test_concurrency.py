@@ -22,6 +22,7 @@ from django.db import connection, transaction
 
 import django_cio_reliable as cio
 from django_cio_reliable import dispatch, outbox
+from django_cio_reliable.idempotency import scope_key
 from django_cio_reliable.models import IdempotencyKey, Operation
 from django_cio_reliable.testing import FakeCustomerIO
 from tests import procs
@@ -100,7 +101,8 @@ def test_same_key_from_racing_threads_and_processes_is_one_operation(
     operation = operations[0]
     assert returned == [operation.pk] * (THREADS + PROCESSES)
     [key] = IdempotencyKey.objects.all()
-    assert (key.key, key.operation_id) == ("same", operation.pk)
+    assert (key.key, key.operation_id) == (scope_key("track", "c:42", "same"), operation.pk)
+    assert operation.idempotency_key == "same"
 
     outbox.drain(max_seconds=30)
     operation.refresh_from_db()

@@ -55,10 +55,12 @@ def test_forget_cancels_open_erases_delivered_and_deletes_keys(no_kick: FakeCust
         op.refresh_from_db()
         assert op.payload == {}
         assert op.idempotency_key == ""
+        assert (op.customer_id, op.person_key) == ("", "")
     pending.refresh_from_db()
     assert pending.status == Status.DEAD
     assert pending.last_error == FORGOTTEN
-    assert set(IdempotencyKey.objects.values_list("key", flat=True)) == {"b-1"}
+    assert list(IdempotencyKey.objects.values_list("operation_id", flat=True)) == [other.pk]
+    assert not Operation.objects.filter(customer_id="alice").exists()
     other.refresh_from_db()
     assert other.payload["data"] == {"total": 1}
 

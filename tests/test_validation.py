@@ -825,17 +825,26 @@ def test_json_bytes_is_compact_utf8() -> None:
 
 # --- properties -------------------------------------------------------------------------------
 
+#: Text the rules accept: any character but NUL and lone surrogates (each has its own poison
+#: below).
+stored_chars = st.characters(exclude_characters="\x00", exclude_categories=["Cs"])
+
+
+def texts(max_size: int) -> st.SearchStrategy[str]:
+    return st.text(stored_chars, max_size=max_size)
+
+
 json_scalars = (
     st.none()
     | st.booleans()
     | st.integers(min_value=validation.INT_MIN, max_value=validation.INT_MAX)
     | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20)
+    | texts(20)
 )
 json_like = st.recursive(
     json_scalars,
     lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+        st.lists(children, max_size=4) | st.dictionaries(texts(8), children, max_size=4)
     ),
     max_leaves=25,
 )
@@ -851,15 +860,15 @@ convertible_scalars = (
     | st.decimals(allow_nan=False, allow_infinity=False, min_value=-(10**12), max_value=10**12)
     | st.uuids()
     | st.sampled_from([Plan.PRO, Tier.GOLD, Size.BIG, Shade.DARK, SafeString("s")])
-    | st.text(max_size=5).map(lazystr)
+    | texts(5).map(lazystr)
 )
 convertible = st.recursive(
     convertible_scalars,
     lambda children: (
         st.lists(children, max_size=4)
         | st.lists(children, max_size=4).map(tuple)
-        | st.dictionaries(st.text(max_size=8), children, max_size=4)
-        | st.dictionaries(st.text(max_size=8), children, max_size=4).map(OrderedDict)
+        | st.dictionaries(texts(8), children, max_size=4)
+        | st.dictionaries(texts(8), children, max_size=4).map(OrderedDict)
     ),
     max_leaves=25,
 )
@@ -879,6 +888,7 @@ poison = st.sampled_from(
         Colour.RED,
         1j,
         "\ud800",
+        "a\x00b",
     ]
 )
 
@@ -895,6 +905,8 @@ def is_poisoned(value: Any) -> bool:
         return True
     if isinstance(value, str) and any("\ud800" <= char <= "\udfff" for char in value):
         return True
+    if isinstance(value, str) and "\x00" in value:
+        return True
     if isinstance(value, dict):
         return any(is_poisoned(key) or is_poisoned(item) for key, item in value.items())
     if isinstance(value, list | tuple):
@@ -905,7 +917,7 @@ def is_poisoned(value: Any) -> bool:
 maybe_poisoned = st.recursive(
     json_scalars | poison,
     lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+        st.lists(children, max_size=4) | st.dictionaries(texts(8), children, max_size=4)
     ),
     max_leaves=20,
 )
@@ -1026,7 +1038,7 @@ def test_attribute_count_refused_iff_over_300(count: int) -> None:
     st.integers(min_value=0, max_value=40),
     st.integers(min_value=0, max_value=40),
     st.integers(min_value=-10, max_value=10),
-    st.dictionaries(st.text(max_size=8), json_like, max_size=3),
+    st.dictionaries(texts(8), json_like, max_size=3),
 )
 def test_event_data_refused_iff_over_100000_bytes(
     two_byte: int, four_byte: int, offset: int, extra: dict[str, Any]

@@ -37,6 +37,7 @@ from django_cio_reliable.outbox.shared import (
     resume,
 )
 from django_cio_reliable.outbox.store import (
+    db_for_write,
     enqueue,
     enqueue_ex,
     new_operation,
@@ -57,6 +58,7 @@ __all__ = [
     "claim",
     "claimable",
     "clear_auth_failure",
+    "db_for_write",
     "default_drain_seconds",
     "delivery_state",
     "drain",

@@ -17,7 +17,8 @@ from django.db import IntegrityError, connections, router, transaction
 
 from django_cio_reliable import clock, signals
 from django_cio_reliable.conf import app_settings
-from django_cio_reliable.idempotency import key_cache, new_event_id
+from django_cio_reliable.exceptions import IdempotencyConflict
+from django_cio_reliable.idempotency import key_cache, key_hash, new_event_id, scope_key
 from django_cio_reliable.lifecycle import Status
 from django_cio_reliable.models import IdempotencyKey, Operation
 
@@ -39,6 +40,7 @@ def person_key(kind: str, customer_id: str) -> str:
 
 
 def db_for_write() -> str:
+    """The database the routers choose for writing operations (``"default"`` without one)."""
     return router.db_for_write(Operation) or "default"
 
 
@@ -172,8 +174,10 @@ def enqueue_ex(
     payload_bytes: int = 0,
 ) -> tuple[Operation, bool]:
     """Like :func:`enqueue`, also telling whether a new operation was stored."""
-    if idempotency_key:
-        cached = key_cache.get(idempotency_key)
+    pkey = person_key(kind, customer_id)
+    scoped = scope_key(kind, pkey, idempotency_key) if idempotency_key else ""
+    if scoped:
+        cached = key_cache.get(scoped)
         if cached is not None:
             return cached, False
     now = clock.now()
@@ -203,7 +207,7 @@ def enqueue_ex(
             _insert(operation, using)
         _on_commit_enqueued(operation, None, using)
         return operation, True
-    return _enqueue_keyed(idempotency_key, person_key(kind, customer_id), build, now, using)
+    return _enqueue_keyed(scoped, idempotency_key, pkey, build, now, using)
 
 
 def new_operation(
@@ -219,15 +223,18 @@ def new_operation(
     """The unsaved pending :class:`Operation` that :func:`enqueue` stores for these values.
 
     A ``track`` or ``track_anonymous`` gets its ULID event ``id`` here (its random part derived
-    from ``idempotency_key`` when there is one). Bulk inserts that bypass :func:`enqueue`
-    (the backfill) build their rows with this too, so both store the same thing.
+    from the scoped ``idempotency_key`` when there is one, so two people's events under one key
+    get different ids). Bulk inserts that bypass :func:`enqueue` (the backfill) build their rows
+    with this too, so both store the same thing.
     """
+    pkey = person_key(kind, customer_id)
     if kind in (Operation.Kind.TRACK, Operation.Kind.TRACK_ANONYMOUS):
-        payload = {**payload, "id": new_event_id(idempotency_key or None, now=now.timestamp())}
+        scoped = scope_key(kind, pkey, idempotency_key) if idempotency_key else None
+        payload = {**payload, "id": new_event_id(scoped, now=now.timestamp())}
     return Operation(
         kind=kind,
         customer_id=customer_id,
-        person_key=person_key(kind, customer_id),
+        person_key=pkey,
         name=name,
         payload=payload,
         payload_bytes=payload_bytes,
@@ -241,8 +248,12 @@ def new_operation(
 
 
 def _enqueue_keyed(
-    key: str, pkey: str, build: Callable[[], Operation], now: datetime, using: str
+    key: str, given: str, pkey: str, build: Callable[[], Operation], now: datetime, using: str
 ) -> tuple[Operation, bool]:
+    """Store the operation under the scoped ``key``, or return the one already stored under it.
+
+    ``given`` is the key as the caller gave it (only its hash is ever shown).
+    """
     ttl = timedelta(seconds=app_settings.IDEMPOTENCY_TTL)
     for _ in range(5):
         existing = (
@@ -272,11 +283,12 @@ def _enqueue_keyed(
                     expires_at=now + ttl,
                 )
         except IntegrityError:
-            # Another transaction reserved the key first; read its operation.
+            # Another transaction reserved the key first; read its operation. In a snapshot
+            # older than that transaction's commit (REPEATABLE READ) it stays invisible.
             continue
         _on_commit_enqueued(operation, key, using)
         return operation, True
-    raise RuntimeError(f"could not reserve idempotency key after retries (key hash {hash(key)})")
+    raise IdempotencyConflict(key_hash(given))
 
 
 def _on_commit_enqueued(operation: Operation, key: str | None, using: str) -> None:
