@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import FieldDoesNotExist, PermissionDenied
 from django.db import connections
-from django.db.models import QuerySet
+from django.db.models import F, Field, Model, QuerySet
+from django.db.models.constants import LOOKUP_SEP
 from django.http import (
     Http404,
     HttpRequest,
@@ -81,9 +83,68 @@ FORCE_MESSAGES = {
 #: The actions gated by :data:`REPLAY` (a POST naming one without it is a 403).
 GATED_ACTIONS = frozenset({"replay_now", "requeue", "mark_dead"})
 
+#: The fields that hold payload data: without :data:`VIEW_PAYLOAD` no lookup, list filter,
+#: search field or column ordering may reach them (each would answer guesses about the hidden
+#: values through the number or the order of the rows listed). ``last_error`` is not one of
+#: them: it is stored with every payload value cut out and shown in full to the same users;
+#: nor is ``payload_bytes``, the size that everyone is shown.
+PAYLOAD_FIELDS: frozenset[object] = frozenset({Operation._meta.get_field("payload")})
+
 
 def _plural(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def reaches_payload(model: type[Model], path: object) -> bool:
+    """Whether a lookup, search field, list filter or ordering of ``model`` reads a payload.
+
+    Args:
+        model: The model the path starts from (relations are followed).
+        path: A lookup (``payload__attributes__email__startswith``), a search field (``=`` /
+            ``^`` / ``@`` prefixes allowed), an ordering (``-`` / ``?`` prefixes allowed), a
+            model field, or an expression (``F("payload__email")``, ``KT(...)``, an
+            ``OrderBy``), whose every field reference is checked.
+
+    Returns:
+        True when any part of it is one of :data:`PAYLOAD_FIELDS`.
+    """
+    if isinstance(path, Field):
+        return path in PAYLOAD_FIELDS
+    if isinstance(path, F):
+        return reaches_payload(model, getattr(path, "name", ""))
+    if not isinstance(path, str):
+        sources = getattr(path, "get_source_expressions", None)
+        return callable(sources) and any(reaches_payload(model, part) for part in sources())
+    opts = model._meta
+    for part in path.lstrip("-?=^@").split(LOOKUP_SEP):
+        try:
+            field = opts.get_field(part)
+        except FieldDoesNotExist:
+            return False  # ``pk``, an annotation, or a transform: Django resolves it
+        if field in PAYLOAD_FIELDS:
+            return True
+        path_infos = getattr(field, "path_infos", None)
+        if not path_infos:
+            return False  # a plain column: the other parts are transforms and lookups
+        opts = path_infos[-1].to_opts
+    return False
+
+
+class PayloadPrivateChangeList(ChangeList):
+    """A change list whose columns do not order by payloads for users without
+    :data:`VIEW_PAYLOAD` (``?o=`` naming such a column is ignored, like an unsortable one)."""
+
+    def __init__(self, request: HttpRequest, *args: Any, **kwargs: Any) -> None:
+        # Set before the base class builds the queryset (and reads the ordering).
+        self.payload_allowed = bool(request.user.has_perm(VIEW_PAYLOAD))
+        super().__init__(request, *args, **kwargs)
+
+    def get_ordering_field(self, field_name: Any) -> Any:
+        """The column's ordering, or None when it reads a payload the user may not see."""
+        order_field = super().get_ordering_field(field_name)
+        if order_field is None or self.payload_allowed:
+            return order_field
+        return None if reaches_payload(self.model, order_field) else order_field
 
 
 def breaker_blocks() -> str:
@@ -134,7 +195,7 @@ class OperationAdmin(ReadOnlyMixin, OperationBase):
     )
     list_display_links = ("id",)
     list_filter: ClassVar[tuple[str, ...]] = ("status", "kind", "last_status_code")
-    search_fields = ("=customer_id", "=event_id")
+    search_fields: ClassVar[tuple[str, ...]] = ("=customer_id", "=event_id")
     search_help_text = "Exact customer id (or anonymous id), or exact event id."
     ordering = ("-id",)
     show_full_result_count = False
@@ -164,10 +225,86 @@ class OperationAdmin(ReadOnlyMixin, OperationBase):
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
         """The payload only for users allowed to see it; its size for the others."""
-        payload = "payload_json" if request.user.has_perm(VIEW_PAYLOAD) else "payload_size"
+        payload = "payload_json" if self.has_payload_permission(request) else "payload_size"
         return (*self.BASE_FIELDS, payload)
 
     get_readonly_fields = get_fields  # everything is read-only
+
+    # ------------------------------------------------------------------ payload privacy
+    # Without ``view_payload`` nothing in a query string may reach a payload: a lookup on one
+    # is refused (Django's DisallowedModelAdminLookup: a 400), search fields and list filters
+    # on one are dropped, and a column ordered by one does not order. Otherwise the number or
+    # the order of the rows listed would tell whether a guess about a hidden value is right.
+
+    def has_payload_permission(self, request: HttpRequest) -> bool:
+        """Whether the user may see payloads (and so filter, search and order by them)."""
+        return bool(request.user.has_perm(VIEW_PAYLOAD))
+
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest) -> bool:
+        """Refuse lookups that read a payload to users who may not see payloads.
+
+        Args:
+            lookup: The query string parameter (``payload__attributes__email__startswith``).
+            value: Its value.
+            request: The request; its user needs :data:`VIEW_PAYLOAD` for payload lookups.
+
+        Returns:
+            False for a payload lookup without the permission (the admin then answers 400 and
+            logs to ``django.security.DisallowedModelAdminLookup``); otherwise Django's answer.
+        """
+        if reaches_payload(self.model, lookup) and not self.has_payload_permission(request):
+            return False
+        return super().lookup_allowed(lookup, value, request)
+
+    def get_search_fields(self, request: HttpRequest) -> tuple[str, ...]:
+        """The search fields, less those reading a payload for users who may not see it."""
+        fields = tuple(super().get_search_fields(request))
+        if self.has_payload_permission(request):
+            return fields
+        return tuple(field for field in fields if not reaches_payload(self.model, field))
+
+    def get_list_filter(self, request: HttpRequest) -> tuple[Any, ...]:
+        """The list filters, less those on a payload for users who may not see it."""
+        filters = tuple(super().get_list_filter(request))
+        if self.has_payload_permission(request):
+            return filters
+        return tuple(item for item in filters if not self._filter_reads_payload(item))
+
+    def _filter_reads_payload(self, item: Any) -> bool:
+        if isinstance(item, (list, tuple)):
+            item = item[0]  # (field or path, filter class)
+        elif isinstance(item, type):
+            item = getattr(item, "parameter_name", None)  # a SimpleListFilter
+        return reaches_payload(self.model, item)
+
+    def get_sortable_by(self, request: HttpRequest) -> tuple[Any, ...]:
+        """The sortable columns, less those ordered by a payload for users who may not see
+        it (:class:`PayloadPrivateChangeList` ignores ``?o=`` on them as well)."""
+        columns = tuple(super().get_sortable_by(request))
+        if self.has_payload_permission(request):
+            return columns
+        return tuple(
+            name for name in columns if not reaches_payload(self.model, self._column_ordering(name))
+        )
+
+    def _column_ordering(self, name: Any) -> Any:
+        """What a ``list_display`` column orders by (as ``ChangeList.get_ordering_field``)."""
+        if not isinstance(name, str):
+            attr = name
+        else:
+            try:
+                return self.model._meta.get_field(name)
+            except FieldDoesNotExist:
+                attr = getattr(self, name, getattr(self.model, name, None))
+                if attr is None:
+                    return name if LOOKUP_SEP in name else None
+        if isinstance(attr, property):
+            attr = attr.fget
+        return getattr(attr, "admin_order_field", None)
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        """The change list that keeps payload columns from ordering without the permission."""
+        return PayloadPrivateChangeList
 
     @admin.display(description="last error")
     def error_preview(self, obj: Operation) -> str:
@@ -213,7 +350,7 @@ class OperationAdmin(ReadOnlyMixin, OperationBase):
 
     def payload_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """One operation's payload as JSON; 403 without ``view_payload``."""
-        if not (self.has_view_permission(request) and request.user.has_perm(VIEW_PAYLOAD)):
+        if not (self.has_view_permission(request) and self.has_payload_permission(request)):
             raise PermissionDenied
         obj = self.get_object(request, object_id)
         if obj is None:
