@@ -524,10 +524,18 @@ class IdempotencyKeyAdmin(ReadOnlyMixin, IdempotencyKeyBase):
 
     list_display = ("key", "operation_link", "created_at", "expires_at", "live")
     fields = readonly_fields = list_display
-    search_fields = ("=key",)
-    search_help_text = "Exact idempotency key."
+    # Stored keys are hashes scoped by person and kind: search by the key as it was passed.
+    search_fields = ("=operation__idempotency_key",)
+    search_help_text = "Exact idempotency key, as passed to the call."
     ordering = ("-created_at",)
     show_full_result_count = False
+
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest) -> bool:
+        """No lookups on the person key: it is not shown here, and filtering on it would let
+        a user who may only see keys test guesses of customer ids."""
+        if lookup.split(LOOKUP_SEP, 1)[0] == "person_key":
+            return False
+        return super().lookup_allowed(lookup, value, request)
 
     @admin.display(description="operation")
     def operation_link(self, obj: IdempotencyKey) -> str:

@@ -21,7 +21,7 @@ from django.test import Client, RequestFactory
 from django.utils import timezone
 
 from django_cio_reliable import admin as cio_admin
-from django_cio_reliable.models import DeadLetter, Operation
+from django_cio_reliable.models import DeadLetter, IdempotencyKey, Operation
 
 pytestmark = pytest.mark.django_db
 
@@ -165,6 +165,22 @@ def test_payload_lookups_through_the_idempotency_keys_are_refused(
         client = logged_in(make_user(django_user_model, *codenames, name="-".join(codenames)))
         query = {"operation__payload__attributes__email__startswith": "a"}
         assert client.get(IDEMPOTENCY_KEYS, query).status_code == 400, codenames
+
+
+def test_idempotency_keys_are_found_by_the_key_as_given_and_hide_the_person(
+    django_user_model: Any,
+) -> None:
+    """Stored keys are hashes scoped by person and kind: the page searches the key as it was
+    passed, and the person key (not shown) cannot be filtered to guess customer ids."""
+    import django_cio_reliable as cio
+
+    alice = cio.track(ALICE, "order_placed", idempotency_key="order-1")
+    cio.track(ZOE, "order_placed", idempotency_key="order-2")
+    client = logged_in(make_user(django_user_model, "view_idempotencykey"))
+    status, rows, _ = answer(client, IDEMPOTENCY_KEYS, {"q": "order-1"})
+    assert (status, rows) == (200, [IdempotencyKey.objects.get(operation_id=alice.pk).pk])
+    for guess in ("c:a", "c:z"):
+        assert client.get(IDEMPOTENCY_KEYS, {"person_key__startswith": guess}).status_code == 400
 
 
 def test_other_lookups_still_work_without_view_payload(
