@@ -1,7 +1,7 @@
 """The only code that talks HTTP: Customer.io's Track API, with no hidden behaviour.
 
 Built on the ``customerio`` package (3.x): its URL builders, event builder and datetime
-sanitiser are reused, but three of its behaviours are switched off because they break the
+sanitiser are reused, but four of its behaviours are switched off because they break the
 outbox's guarantees:
 
 * it retries POSTs on 5xx and sleeps on ``Retry-After`` inside the calling thread (a drain
@@ -10,7 +10,15 @@ outbox's guarantees:
 * it puts the request payload (PII) in its exception text — here every failure is a
   :class:`~django_cio_reliable.exceptions.DeliveryError` whose reason is the server's own
   message at most, with the API key and the payload's values redacted;
-* it only builds ``https://`` URLs — here ``TRACK_URL`` may be ``http://127.0.0.1:PORT``.
+* it only builds ``https://`` URLs — here ``TRACK_URL`` may be ``http://127.0.0.1:PORT``;
+* it leaves the ids ``.`` and ``..`` as dot segments, which requests and urllib3 then remove
+  (``track("..")`` would become ``POST /api/v1/events``) — here every id is one
+  percent-encoded path segment (:func:`path_segment`) and the path goes out as built.
+
+Anonymous events are sent only with ``POST /api/v1/events``: they have no ``/api/v2/batch``
+form (:func:`batch_item`). A 207 batch answer marks an item delivered only when it says so
+unambiguously (:meth:`Transport.send_batch`). Log lines name operations by their outbox id,
+never by a customer or anonymous id.
 
 Redirects are never followed (a 3xx is a transient error), connect and read timeouts are
 separate, every call is over by ``connect_timeout + read_timeout`` whatever the server does
@@ -43,9 +51,10 @@ from email.utils import parsedate_to_datetime
 from importlib import metadata
 from types import TracebackType
 from typing import Any, Final, Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
+import requests.utils
 import urllib3
 import urllib3.connection
 import urllib3.exceptions
@@ -185,6 +194,28 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return min(max(delta, 0.0), MAX_RETRY_AFTER)
 
 
+#: A path that is already fully percent-encoded: RFC 3986 ``pchar``s, ``/`` and ``%XX``.
+_ENCODED_PATH_RE: Final = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*")
+
+
+def path_segment(value: str) -> str:
+    """Percent-encode ``value`` as exactly one URL path segment.
+
+    Every character but RFC 3986's unreserved ones (``A-Z a-z 0-9 - . _ ~``) is encoded as
+    UTF-8 ``%XX`` (so ``/ ? # %``, spaces and non-ASCII are), like the ``customerio``
+    package's ``quote(id, safe="")``; in addition an id made only of dots (``.``, ``..``,
+    ``...``) has every dot encoded (``%2E``, ``%2E%2E``): as a plain segment it would be a
+    *dot segment*, which URL normalisation (requests, urllib3, proxies, servers) removes,
+    sending the request to another path. Other dots cannot form a dot segment and are kept.
+
+    Examples: ``"."`` → ``"%2E"``, ``".."`` → ``"%2E%2E"``, ``"a/b"`` → ``"a%2Fb"``,
+    ``"zoë"`` → ``"zo%C3%AB"``, ``"alice@example.com"`` → ``"alice%40example.com"``.
+    """
+    if value and value.strip(".") == "":
+        return "%2E" * len(value)
+    return quote(value, safe="")
+
+
 def _dumps(value: Any) -> bytes:
     """Compact UTF-8 JSON, the exact bytes the transport sends."""
     text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
@@ -211,9 +242,8 @@ def _sanitize(data: Mapping[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _person(kind: Kind, customer_id: str) -> dict[str, Any]:
-    key = "anonymous_id" if kind == "track_anonymous" else "id"
-    return {"type": "person", "identifiers": {key: customer_id}}
+def _person(customer_id: str) -> dict[str, Any]:
+    return {"type": "person", "identifiers": {"id": customer_id}}
 
 
 def batch_item(kind: Kind, customer_id: str, payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -221,27 +251,34 @@ def batch_item(kind: Kind, customer_id: str, payload: Mapping[str, Any]) -> dict
 
     Shapes (Customer.io's v2 ``person`` entity)::
 
-        identify:        {"type": "person", "identifiers": {"id": cid},
-                          "action": "identify", "attributes": {...}}
-        track:           {"type": "person", "identifiers": {"id": cid}, "action": "event",
-                          "name": ..., "attributes": {...data}, "id"?: ULID, "timestamp"?: int}
-        track_anonymous: as track, with "identifiers": {"anonymous_id": aid}
-        delete:          {"type": "person", "identifiers": {"id": cid}, "action": "delete"}
+        identify:  {"type": "person", "identifiers": {"id": cid},
+                    "action": "identify", "attributes": {...}}
+        track:     {"type": "person", "identifiers": {"id": cid}, "action": "event",
+                    "name": ..., "attributes": {...data}, "id"?: ULID, "timestamp"?: int}
+        delete:    {"type": "person", "identifiers": {"id": cid}, "action": "delete"}
+
+    ``track_anonymous`` has no v2 form: Customer.io's Track API description allows only
+    ``id``, ``email``, ``phone`` or ``cio_id`` as a person's identifiers (no
+    ``anonymous_id``), so anonymous events are sent one at a time with
+    ``POST /api/v1/events`` (:meth:`Transport.track_anonymous`) and never batched.
 
     Args:
-        kind: The operation kind.
-        customer_id: The customer id (the anonymous id for ``track_anonymous``).
+        kind: The operation kind: ``identify``, ``track`` or ``delete``.
+        customer_id: The customer id.
         payload: The stored payload (see :class:`Transport`).
 
     Returns:
         A JSON-safe dict.
 
     Raises:
-        ValueError: If ``kind`` is unknown or a ``track`` payload has no event name.
+        ValueError: If ``kind`` is ``track_anonymous`` or unknown, or a ``track`` payload
+            has no event name.
     """
+    if kind == "track_anonymous":
+        raise ValueError("anonymous events have no batch form; send them with POST /api/v1/events")
     if kind not in KINDS:
         raise ValueError(f"unknown operation kind: {kind!r}")
-    op = _person(kind, customer_id)
+    op = _person(customer_id)
     if kind == "identify":
         op["action"] = "identify"
         op["attributes"] = _sanitize(payload.get("attributes") or {})
@@ -262,12 +299,19 @@ def batch_item(kind: Kind, customer_id: str, payload: Mapping[str, Any]) -> dict
     return op
 
 
+def batchable(kind: str) -> bool:
+    """Whether operations of ``kind`` may go through ``/api/v2/batch`` (all but anonymous
+    events, which only ``POST /api/v1/events`` accepts)."""
+    return kind in KINDS and kind != "track_anonymous"
+
+
 def batch_item_bytes(kind: Kind, customer_id: str, payload: Mapping[str, Any]) -> int:
     """Return the serialised size of :func:`batch_item`, exactly as it is sent.
 
-    A payload that cannot be serialised (or is not a valid operation) counts as
-    ``MAX_BATCH_ITEM_BYTES + 1``, so that it is sent alone, where it fails with a permanent
-    :class:`DeliveryError` instead of breaking a whole batch.
+    An operation with no batch form (``track_anonymous``), or a payload that cannot be
+    serialised (or is not a valid operation), counts as ``MAX_BATCH_ITEM_BYTES + 1``, so that
+    it is sent alone through v1 (where an unsendable one fails with a permanent
+    :class:`DeliveryError` instead of breaking a whole batch).
     """
     try:
         return len(_dumps(batch_item(kind, customer_id, payload)))
@@ -277,11 +321,36 @@ def batch_item_bytes(kind: Kind, customer_id: str, payload: Mapping[str, Any]) -
 
 @dataclass(frozen=True)
 class BatchItem:
-    """One stored operation to send in ``/api/v2/batch``."""
+    """One stored operation to send in ``/api/v2/batch``.
+
+    ``operation_id`` (the outbox's ``Operation`` primary key, when there is one) is what log
+    lines name the item by; the customer id is never logged.
+    """
 
     kind: Kind
     customer_id: str
     payload: Mapping[str, Any]
+    operation_id: int | None = None
+
+
+def _operation_text(operation_id: int | None) -> str:
+    """How log lines name an operation: by its outbox id, never by its customer id."""
+    return "operation -" if operation_id is None else f"operation {operation_id}"
+
+
+def _operations_text(items: Sequence[BatchItem]) -> str:
+    """``"operations 7, 8, 9"`` (at most 20 shown), or ``""`` when no item has an id."""
+    ids = [str(item.operation_id) for item in items if item.operation_id is not None]
+    if not ids:
+        return ""
+    shown = ", ".join(ids[:20]) + (", ..." if len(ids) > 20 else "")
+    return f"operation {shown}" if len(ids) == 1 else f"operations {shown}"
+
+
+def _batch_subject(items: Sequence[BatchItem]) -> str:
+    """``"batch of 3 (operations 7, 8, 9)"``: what a batch request's log lines call it."""
+    operations = _operations_text(items)
+    return f"batch of {len(items)} ({operations})" if operations else f"batch of {len(items)}"
 
 
 # --------------------------------------------------------------------------- redaction
@@ -607,6 +676,24 @@ class _NoRedirectSession(requests.Session):
     def get_redirect_target(self, resp: requests.Response) -> str | None:
         return None
 
+    def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:
+        """Prepare ``request``, keeping its path byte for byte when it is already encoded.
+
+        requests re-quotes every URL: it decodes percent-encoded unreserved characters
+        (``%2E`` becomes ``.``) and urllib3 then removes the dot segments that this creates,
+        so ``/customers/%2E%2E/events`` would go out as ``/events``. A path that is already
+        fully percent-encoded (as every path the transport builds is) cannot be improved by
+        re-quoting, only changed in meaning, so it is put back as it was.
+        """
+        prepared = super().prepare_request(request)
+        url = request.url
+        if isinstance(url, str) and isinstance(prepared.url, str):
+            wanted = urlsplit(url).path
+            got = urlsplit(prepared.url)
+            if wanted != got.path and _ENCODED_PATH_RE.fullmatch(wanted):
+                prepared.url = urlunsplit(got._replace(path=wanted))
+        return prepared
+
 
 def _no_retries() -> Retry:
     return Retry(
@@ -655,6 +742,10 @@ class _Client(CustomerIO):  # type: ignore[misc]  # customerio ships no type hin
         # The package always builds https://host[:port]; keep the configured scheme and path.
         self.base_url = f"{self._origin}/{self.url_prefix.strip('/')}"
 
+    def _url_encode(self, id: Any) -> str:  # noqa: A002 - the package's parameter name
+        # The package's quote(id, safe="") leaves "." and ".." as dot segments.
+        return path_segment(str(id))
+
     @property
     def batch_url(self) -> str:
         return f"{self._origin}/api/v2/batch"
@@ -684,7 +775,7 @@ class _Client(CustomerIO):  # type: ignore[misc]  # customerio ships no type hin
 
     def send_request(self, method: str, url: str, data: Mapping[str, Any]) -> None:
         body = None if method in ("GET", "DELETE") and not data else _dumps(self._sanitize(data))
-        self._transport._call(method, url, body, what="request", customer_id="-", values=set())
+        self._transport._call(method, url, body, what="request", operation_id=None, values=set())
 
     def batch(self, operations: list[dict[str, Any]]) -> None:
         if not operations:
@@ -846,7 +937,10 @@ class Transport:
         except ValueError:
             raise ValueError("base_url has an invalid port") from None
         netloc = parts.netloc
-        origin = f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
+        # The path prefix is encoded once here (as requests would), so that every URL built on
+        # it is fully encoded and sent exactly as built (see _NoRedirectSession).
+        prefix = requests.utils.requote_uri(parts.path.rstrip("/"))
+        origin = f"{parts.scheme}://{netloc}{prefix}"
 
         self.site_id = site_id
         self._api_key = api_key
@@ -892,8 +986,21 @@ class Transport:
 
     # ------------------------------------------------------------------ v1 operations
 
-    def identify(self, customer_id: str, attributes: Mapping[str, Any]) -> None:
+    def identify(
+        self,
+        customer_id: str,
+        attributes: Mapping[str, Any],
+        *,
+        operation_id: int | None = None,
+    ) -> None:
         """Create or update a person (``PUT /api/v1/customers/{id}``).
+
+        Args:
+            customer_id: The person; sent as one percent-encoded path segment
+                (:func:`path_segment`).
+            attributes: The person's attributes.
+            operation_id: The outbox operation this request delivers; log lines name it
+                (never the customer id).
 
         Raises:
             DeliveryError: On any failure.
@@ -902,7 +1009,7 @@ class Transport:
         body = self._encode(lambda: _sanitize(attributes))
         url = self._client.get_customer_query_string(customer_id)
         values = _payload_values("identify", {"attributes": attributes})
-        self._call("PUT", url, body, what="identify", customer_id=customer_id, values=values)
+        self._call("PUT", url, body, what="identify", operation_id=operation_id, values=values)
 
     def track(
         self,
@@ -912,15 +1019,18 @@ class Transport:
         *,
         event_id: str | None = None,
         timestamp: int | None = None,
+        operation_id: int | None = None,
     ) -> None:
         """Send an event of a person (``POST /api/v1/customers/{id}/events``).
 
         Args:
-            customer_id: The person.
+            customer_id: The person; sent as one percent-encoded path segment
+                (:func:`path_segment`).
             name: The event name.
             data: The event data.
             event_id: The event's ULID; Customer.io deduplicates re-sends by it.
             timestamp: When the event happened (Unix seconds); default: now.
+            operation_id: The outbox operation this request delivers (for the logs).
 
         Raises:
             DeliveryError: On any failure.
@@ -930,7 +1040,7 @@ class Transport:
         body = self._encode(lambda: _event_body(name, data, event_id, timestamp))
         url = self._client.get_event_query_string(customer_id)
         values = _payload_values("track", {"data": data})
-        self._call("POST", url, body, what="track", customer_id=customer_id, values=values)
+        self._call("POST", url, body, what="track", operation_id=operation_id, values=values)
 
     def track_anonymous(
         self,
@@ -940,8 +1050,12 @@ class Transport:
         *,
         event_id: str | None = None,
         timestamp: int | None = None,
+        operation_id: int | None = None,
     ) -> None:
         """Send an event of an unidentified visitor (``POST /api/v1/events``).
+
+        This is the only way anonymous events are sent: they have no ``/api/v2/batch`` form
+        (see :func:`batch_item`).
 
         Args:
             anonymous_id: The visitor's anonymous id (omitted from the request when empty).
@@ -949,6 +1063,7 @@ class Transport:
             data: The event data.
             event_id: The event's ULID; Customer.io deduplicates re-sends by it.
             timestamp: When the event happened (Unix seconds); default: now.
+            operation_id: The outbox operation this request delivers (for the logs).
 
         Raises:
             DeliveryError: On any failure.
@@ -965,35 +1080,49 @@ class Transport:
         url = self._client.get_events_query_string()
         values = _payload_values("track_anonymous", {"data": data})
         self._call(
-            "POST", url, body, what="track_anonymous", customer_id=anonymous_id, values=values
+            "POST", url, body, what="track_anonymous", operation_id=operation_id, values=values
         )
 
-    def delete(self, customer_id: str) -> None:
+    def delete(self, customer_id: str, *, operation_id: int | None = None) -> None:
         """Delete a person (``DELETE /api/v1/customers/{id}``).
+
+        Args:
+            customer_id: The person; sent as one percent-encoded path segment
+                (:func:`path_segment`).
+            operation_id: The outbox operation this request delivers (for the logs).
 
         Raises:
             DeliveryError: On any failure.
         """
         self._require_id(customer_id, "customer id")
         url = self._client.get_customer_query_string(customer_id)
-        self._call("DELETE", url, None, what="delete", customer_id=customer_id, values=set())
+        self._call("DELETE", url, None, what="delete", operation_id=operation_id, values=set())
 
-    def send(self, kind: Kind, customer_id: str, payload: Mapping[str, Any]) -> None:
+    def send(
+        self,
+        kind: Kind,
+        customer_id: str,
+        payload: Mapping[str, Any],
+        *,
+        operation_id: int | None = None,
+    ) -> None:
         """Send one stored operation with its v1 call.
 
         Args:
             kind: ``identify``, ``track``, ``track_anonymous`` or ``delete``.
             customer_id: The person (the anonymous id for ``track_anonymous``).
             payload: The stored payload (see the class docstring).
+            operation_id: The outbox operation being delivered; log lines name it instead of
+                the customer id.
 
         Raises:
             DeliveryError: On any failure; a payload that cannot be sent at all (unknown
                 kind, no event name, not JSON-serialisable) is ``permanent``.
         """
         if kind == "identify":
-            self.identify(customer_id, payload.get("attributes") or {})
+            self.identify(customer_id, payload.get("attributes") or {}, operation_id=operation_id)
         elif kind == "delete":
-            self.delete(customer_id)
+            self.delete(customer_id, operation_id=operation_id)
         elif kind in ("track", "track_anonymous"):
             name = payload.get("name")
             if not isinstance(name, str) or not name:
@@ -1002,11 +1131,23 @@ class Transport:
             event_id = payload.get("id")
             timestamp = payload.get("timestamp")
             if kind == "track":
-                self.track(customer_id, name, data, event_id=event_id, timestamp=timestamp)
+                self.track(
+                    customer_id,
+                    name,
+                    data,
+                    event_id=event_id,
+                    timestamp=timestamp,
+                    operation_id=operation_id,
+                )
             else:
                 anonymous_id = payload.get("anonymous_id") or customer_id
                 self.track_anonymous(
-                    str(anonymous_id), name, data, event_id=event_id, timestamp=timestamp
+                    str(anonymous_id),
+                    name,
+                    data,
+                    event_id=event_id,
+                    timestamp=timestamp,
+                    operation_id=operation_id,
                 )
         else:
             raise DeliveryError("permanent", f"unknown operation kind {str(kind)[:40]!r}")
@@ -1016,20 +1157,33 @@ class Transport:
     def send_batch(self, items: Sequence[BatchItem]) -> list[DeliveryError | None]:
         """Send operations in one ``POST /api/v2/batch``; return one outcome per item.
 
-        Outcomes, in the order of ``items``: ``None`` for an accepted operation, a
-        ``permanent`` :class:`DeliveryError` (``status=400``) for one that Customer.io
-        rejected in a 207 answer. An empty ``items`` sends nothing.
+        Outcomes, in the order of ``items``: ``None`` for an operation the answer accepted
+        unambiguously (a 2xx other than 207, or a 207 whose every error names one item by a
+        valid integer ``batch_index`` and does not name this one); a ``permanent``
+        :class:`DeliveryError` (``status=400``) for one that a 207 answer rejected by its
+        index; a ``transient`` :class:`DeliveryError` (``status=207``) for every other item
+        of a 207 answer that is ambiguous (an error entry that names no single item, or an
+        empty ``errors`` list): whether it was accepted is unknown, so it is sent again
+        (identify is an upsert, events carry their ``id``, delete is idempotent). An empty
+        ``items`` sends nothing.
 
         Raises:
             DeliveryError: For the whole request: any non-2xx answer, no answer, a 207 whose
-                body cannot be read (``transient``), an operation that cannot be serialised
-                or a request over :data:`MAX_BATCH_REQUEST_BYTES` (``permanent``: send the
-                operations one at a time instead).
+                body cannot be read (``transient``), an operation that has no batch form
+                (``track_anonymous``) or cannot be serialised, or a request over
+                :data:`MAX_BATCH_REQUEST_BYTES` (``permanent``: send the operations one at a
+                time instead).
         """
         if not items:
             return []
         encoded: list[bytes] = []
         for position, item in enumerate(items):
+            if not batchable(item.kind):
+                raise DeliveryError(
+                    "permanent",
+                    f"batch operation {position} ({str(item.kind)[:40]}) has no batch form; "
+                    "anonymous events are sent with POST /api/v1/events",
+                )
             try:
                 encoded.append(_dumps(batch_item(item.kind, item.customer_id, item.payload)))
             except (TypeError, ValueError) as exc:
@@ -1048,8 +1202,8 @@ class Transport:
             "POST",
             self._client.batch_url,
             body,
-            what=f"batch of {len(items)}",
-            customer_id="-",
+            what=_batch_subject(items),
+            operation_id=None,
             values=set(),
         )
         outcomes: list[DeliveryError | None] = [None] * len(items)
@@ -1060,6 +1214,14 @@ class Transport:
     def _batch_outcomes(
         self, reply: _Reply, items: Sequence[BatchItem], outcomes: list[DeliveryError | None]
     ) -> list[DeliveryError | None]:
+        """Turn a 207 answer into one outcome per item (see :meth:`send_batch`).
+
+        An item counts as delivered only when the answer says so unambiguously: every error
+        entry names exactly one item by an integer ``batch_index`` within the batch, and
+        there is at least one entry. Named items are ``permanent`` rejections; when any entry
+        cannot be attributed (index missing, ``"0"``, ``0.0``, ``true``, out of range, not an
+        object) or the list is empty, every item not named is a ``transient`` failure.
+        """
         errors: Any = None
         if reply.complete:
             try:
@@ -1070,9 +1232,8 @@ class Transport:
                 errors = data.get("errors")
         if not isinstance(errors, list):
             logger.warning(
-                "cio transport: 207 batch answer of %d operations is unreadable; "
-                "treating the whole batch as failed",
-                len(items),
+                "cio transport: 207 answer to %s is unreadable; treating the whole batch as failed",
+                _batch_subject(items),
             )
             raise DeliveryError(
                 "transient",
@@ -1080,31 +1241,44 @@ class Transport:
                 status=207,
             )
         reasons: dict[int, list[str]] = {}
+        unattributed = 0
         for entry in errors:
             index = entry.get("batch_index") if isinstance(entry, dict) else None
-            if isinstance(index, bool) or not isinstance(index, int):
-                logger.warning("cio transport: ignoring a 207 error entry without batch_index")
-                continue
-            if not 0 <= index < len(items):
-                logger.warning(
-                    "cio transport: ignoring a 207 error for batch_index %d (batch of %d)",
-                    index,
-                    len(items),
-                )
+            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(items):
+                unattributed += 1
                 continue
             reasons.setdefault(index, []).append(_error_text(entry) or "rejected")
-        if not reasons:
-            logger.warning("cio transport: 207 batch answer names no operation; all accepted")
         for index, texts in reasons.items():
             item = items[index]
             redact = self._redactor.with_values(_payload_values(item.kind, item.payload))
             reason = _clean_reason("rejected in batch (207): " + "; ".join(texts), redact)
             outcomes[index] = DeliveryError("permanent", reason, status=400)
             logger.info(
-                "cio transport: batch operation %d (%s %s) rejected",
+                "cio transport: batch operation %d (%s, %s) rejected",
                 index,
                 item.kind,
-                item.customer_id,
+                _operation_text(item.operation_id),
+            )
+        if unattributed or not errors:
+            if unattributed:
+                why = (
+                    f"{unattributed} of its {len(errors)} error entries name no single "
+                    "operation (batch_index missing, not an integer, or out of range)"
+                )
+            else:
+                why = "it lists no errors"
+            reason = (
+                f"ambiguous 207 batch answer: {why}; whether this operation was accepted is unknown"
+            )
+            unknown = [index for index in range(len(items)) if index not in reasons]
+            for index in unknown:
+                outcomes[index] = DeliveryError("transient", reason, status=207)
+            logger.warning(
+                "cio transport: ambiguous 207 answer to %s (%s); %d of its operations will "
+                "be sent again",
+                _batch_subject(items),
+                "unattributable error entries" if unattributed else "no errors listed",
+                len(unknown),
             )
         return outcomes
 
@@ -1121,7 +1295,7 @@ class Transport:
                 body is not a JSON object is ``transient``).
         """
         reply = self._call(
-            "GET", self._client.region_url, None, what="region", customer_id="-", values=set()
+            "GET", self._client.region_url, None, what="region", operation_id=None, values=set()
         )
         try:
             data = json.loads(reply.body.decode("utf-8")) if reply.complete else None
@@ -1157,10 +1331,15 @@ class Transport:
         body: bytes | None,
         *,
         what: str,
-        customer_id: str,
+        operation_id: int | None,
         values: set[str],
     ) -> _Reply:
-        """Send one request, once; return a 2xx reply or raise :class:`DeliveryError`."""
+        """Send one request, once; return a 2xx reply or raise :class:`DeliveryError`.
+
+        Log lines name the request by ``what`` and ``operation_id``: never by the customer
+        id, which is in the URL and may be an e-mail address.
+        """
+        subject = what if operation_id is None else f"{what} of {_operation_text(operation_id)}"
         redact = self._redactor.with_values(values) if values else self._redactor
         headers = {"Content-Type": "application/json"} if body is not None else {}
         started = time.monotonic()
@@ -1203,9 +1382,8 @@ class Transport:
             else:
                 reason = _clean_reason(_describe(exc), redact)
             logger.info(
-                "cio transport: %s %s failed after %.0f ms: %s (%s)",
-                what,
-                customer_id,
+                "cio transport: %s failed after %.0f ms: %s (%s)",
+                subject,
                 (time.monotonic() - started) * 1000,
                 kind,
                 type(exc).__name__,
@@ -1215,15 +1393,12 @@ class Transport:
             _watchdog.finish(deadline)
         elapsed_ms = (time.monotonic() - started) * 1000
         if success:
-            logger.debug(
-                "cio transport: %s %s -> HTTP %d in %.0f ms", what, customer_id, status, elapsed_ms
-            )
+            logger.debug("cio transport: %s -> HTTP %d in %.0f ms", subject, status, elapsed_ms)
             return reply
         error = self._http_error(reply, redact)
         logger.info(
-            "cio transport: %s %s -> HTTP %d in %.0f ms: %s",
-            what,
-            customer_id,
+            "cio transport: %s -> HTTP %d in %.0f ms: %s",
+            subject,
             status,
             elapsed_ms,
             error.kind,
@@ -1313,8 +1488,10 @@ __all__ = [
     "Transport",
     "batch_item",
     "batch_item_bytes",
+    "batchable",
     "classify_status",
     "get_transport",
     "parse_retry_after",
+    "path_segment",
     "reset_transports",
 ]

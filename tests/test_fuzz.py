@@ -70,6 +70,7 @@ hostile_ids = st.one_of(
     st.floats(allow_nan=True),
     st.binary(max_size=20),
     st.lists(st.integers(), max_size=3),
+    st.sampled_from(["id\x00", "\x00", "a\ud800"]),  # NUL: PostgreSQL cannot store it
 )
 plain_ids = st.one_of(st.text(min_size=1, max_size=30), st.integers(min_value=0, max_value=10**12))
 ids = st.one_of(plain_ids, plain_ids, hostile_ids)
@@ -79,6 +80,7 @@ names = st.one_of(
     st.integers(),
     st.none(),
     st.binary(max_size=5),
+    st.just("order\x00placed"),
 )
 leaves = st.one_of(
     st.none(),
@@ -90,9 +92,9 @@ leaves = st.one_of(
     st.decimals(allow_nan=True, allow_infinity=True),
     st.datetimes(),
     st.datetimes(timezones=st.just(timezone.utc)),
-    st.sampled_from([object(), {1, 2}, Decimal("1e400"), "x" * 1100, 10**400]),
+    st.sampled_from([object(), {1, 2}, Decimal("1e400"), "x" * 1100, 10**400, "v\x00", "\ud800"]),
 )
-keys = st.one_of(st.text(max_size=160), st.integers(), st.booleans(), st.none())
+keys = st.one_of(st.text(max_size=160), st.integers(), st.booleans(), st.none(), st.just("k\x00"))
 nested = st.recursive(
     leaves,
     lambda children: st.one_of(
@@ -117,7 +119,12 @@ data = st.one_of(
     nested,
 )
 idempotency_keys = st.one_of(
-    st.none(), st.none(), st.text(max_size=300), st.integers(), st.just(cio.DERIVE)
+    st.none(),
+    st.none(),
+    st.text(max_size=300),
+    st.integers(),
+    st.just(cio.DERIVE),
+    st.sampled_from(["key\x00", "key\ud800"]),
 )
 
 
@@ -224,8 +231,29 @@ def test_207_bodies_yield_one_outcome_per_item_or_a_delivery_error(
         assert error.kind == "transient"
         return
     assert len(outcomes) == len(items)
-    for outcome in outcomes:
-        assert outcome is None or (outcome.kind == "permanent" and outcome.status == 400)
+    # The oracle: an item is rejected when an entry names it by an integer index; the others
+    # are accepted only when every entry names one item and there is at least one entry.
+    errors = json.loads(body.decode("utf-8"))["errors"]
+    named = {
+        e["batch_index"]
+        for e in errors
+        if isinstance(e, dict)
+        and type(e.get("batch_index")) is int
+        and 0 <= e["batch_index"] < len(items)
+    }
+    unambiguous = bool(errors) and all(
+        isinstance(e, dict) and type(e.get("batch_index")) is int and e["batch_index"] in named
+        for e in errors
+    )
+    for index, outcome in enumerate(outcomes):
+        if index in named:
+            assert outcome is not None
+            assert (outcome.kind, outcome.status) == ("permanent", 400)
+        elif unambiguous:
+            assert outcome is None
+        else:
+            assert outcome is not None
+            assert (outcome.kind, outcome.status) == ("transient", 207)
 
 
 @FUZZ

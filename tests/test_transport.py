@@ -385,18 +385,14 @@ def test_batch_item_shapes() -> None:
         "id": EVENT_ID,
         "timestamp": 1700,
     }
-    assert batch_item(
-        "track_anonymous",
-        "anon-1",
-        {"anonymous_id": "anon-1", "name": "viewed", "data": {}, "id": EVENT_ID},
-    ) == {
-        "type": "person",
-        "identifiers": {"anonymous_id": "anon-1"},
-        "action": "event",
-        "name": "viewed",
-        "attributes": {},
-        "id": EVENT_ID,
-    }
+    # Anonymous events have no v2 form (Customer.io's v2 person identifiers are id, email,
+    # phone or cio_id): they only go through POST /api/v1/events.
+    with pytest.raises(ValueError, match="anonymous"):
+        batch_item(
+            "track_anonymous",
+            "anon-1",
+            {"anonymous_id": "anon-1", "name": "viewed", "data": {}, "id": EVENT_ID},
+        )
     assert batch_item("delete", "42", {}) == {
         "type": "person",
         "identifiers": {"id": "42"},
@@ -629,11 +625,7 @@ def test_a_batch_arrives_as_v2_person_operations(
     items = [
         BatchItem("identify", "1", {"attributes": {"email": "one@example.com"}}),
         BatchItem("track", "1", {"name": "paid", "data": {"total": 3}, "id": EVENT_ID}),
-        BatchItem(
-            "track_anonymous",
-            "anon-1",
-            {"anonymous_id": "anon-1", "name": "seen", "data": {}, "id": EVENT_ID_2},
-        ),
+        BatchItem("track", "3", {"name": "seen", "data": {}, "id": EVENT_ID_2}),
         BatchItem("delete", "2", {}),
     ]
     assert over_fake.send_batch(items) == [None, None, None, None]
@@ -645,7 +637,7 @@ def test_a_batch_arrives_as_v2_person_operations(
     ] == [
         ("identify", "1", None, "v2", 0),
         ("track", "1", EVENT_ID, "v2", 1),
-        ("track_anonymous", "anon-1", EVENT_ID_2, "v2", 2),
+        ("track", "3", EVENT_ID_2, "v2", 2),
         ("delete", "2", None, "v2", 3),
     ]
 
@@ -1068,9 +1060,11 @@ def test_a_redirects_body_is_not_read(script: ScriptServer) -> None:
     assert "another host" in info.value.reason
 
 
-def test_a_207_with_bad_indexes_ignores_them_safely(
+def test_a_207_with_bad_indexes_makes_the_unnamed_items_transient(
     script: ScriptServer, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # An item is delivered only when the answer says so unambiguously: entries that name no
+    # single item leave every item not named unknown, so those are sent again.
     caplog.set_level(logging.WARNING, logger="django_cio_reliable")
     errors: list[Any] = [
         {"batch_index": 7, "reason": "invalid", "message": "out of range"},
@@ -1086,14 +1080,18 @@ def test_a_207_with_bad_indexes_ignores_them_safely(
     script.then(reply(207, {"errors": errors}))
     items = [BatchItem("delete", "1", {}), BatchItem("delete", "2", {})]
     outcomes = make_transport(script.url).send_batch(items)
-    assert outcomes[0] is None
+    unknown = outcomes[0]
+    assert isinstance(unknown, DeliveryError)
+    assert (unknown.kind, unknown.status) == ("transient", 207)
+    assert unknown.reason.startswith("ambiguous 207 batch answer: 7 of its 9 error entries")
     error = outcomes[1]
     assert isinstance(error, DeliveryError)
+    assert (error.kind, error.status) == ("permanent", 400)
     assert error.reason == (
         "rejected in batch (207): bad name (field name, reason invalid); "
         "no id (field id, reason required)"
     )
-    assert sum("ignoring" in r.getMessage() for r in caplog.records) == 7
+    assert sum("ambiguous" in r.getMessage() for r in caplog.records) == 1
 
 
 @pytest.mark.parametrize(
@@ -1109,10 +1107,16 @@ def test_an_unreadable_207_fails_the_whole_batch_transiently(
     assert (info.value.kind, info.value.status) == ("transient", 207)
 
 
-def test_a_207_without_errors_accepts_everything(script: ScriptServer) -> None:
+def test_a_207_without_errors_is_ambiguous_and_a_202_accepts_everything(
+    script: ScriptServer,
+) -> None:
+    # A 207 ("some failed") that names no failure contradicts itself: nothing is known.
     script.then(reply(207, {"errors": []}), reply(202, b""))
     transport = make_transport(script.url)
-    assert transport.send_batch([BatchItem("delete", "1", {})]) == [None]
+    [unknown] = transport.send_batch([BatchItem("delete", "1", {})])
+    assert isinstance(unknown, DeliveryError)
+    assert (unknown.kind, unknown.status) == ("transient", 207)
+    assert "lists no errors" in unknown.reason
     assert transport.send_batch([BatchItem("delete", "1", {})]) == [None]
 
 

@@ -26,6 +26,7 @@ from django_cio_reliable.transport import (
     BatchItem,
     Transport,
     batch_item_bytes,
+    batchable,
 )
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,12 @@ class Deliverer:
     rate_wait: float | None = None
 
     def _batches(self, operations: Sequence[Operation]) -> list[list[Operation]]:
-        """Group operations into requests: batches within the caps, oversized ones alone."""
+        """Group operations into requests: batches within the caps; oversized ones and
+        anonymous events (which have no batch form) alone, in claim order.
+
+        A claim holds at most one operation of a person (the first open one), so taking an
+        operation out of a batch never reorders a person's operations.
+        """
         if not app_settings.BATCH:
             return [[op] for op in operations]
         size_cap = max(1, app_settings.BATCH_SIZE)
@@ -110,6 +116,9 @@ class Deliverer:
         current: list[Operation] = []
         current_bytes = 0
         for op in operations:
+            if not batchable(op.kind):
+                groups.append([op])  # an anonymous event: alone, through v1 (see _fits_batch)
+                continue
             item_bytes = batch_item_bytes(op.kind, op.customer_id, op.payload)  # type: ignore[arg-type]
             if item_bytes > MAX_BATCH_ITEM_BYTES or item_bytes > byte_cap:
                 groups.append([op])  # sent alone, through v1 (see _fits_batch)
@@ -196,7 +205,15 @@ class Deliverer:
         """Send one request; returns ``ok``, ``paused`` or ``refused`` (by the breaker)."""
         if len(group) == 1 and not (app_settings.BATCH and _fits_batch(group[0])):
             return self._send_single(claim_, group[0], result, permit)
-        items = [BatchItem(op.kind, op.customer_id, op.payload) for op in group]  # type: ignore[arg-type]
+        items = [
+            BatchItem(
+                op.kind,  # type: ignore[arg-type]
+                op.customer_id,
+                op.payload,
+                operation_id=op.pk,
+            )
+            for op in group
+        ]
         started = time.monotonic()
         try:
             outcomes = self.transport.send_batch(items)
@@ -255,7 +272,12 @@ class Deliverer:
             result.requests += 1
         started = time.monotonic()
         try:
-            self.transport.send(op.kind, op.customer_id, op.payload)  # type: ignore[arg-type]
+            self.transport.send(
+                op.kind,  # type: ignore[arg-type]
+                op.customer_id,
+                op.payload,
+                operation_id=op.pk,
+            )
         except DeliveryError as error:
             self.breaker.record(permit, outcome_for(error, time.monotonic() - started))
             return self._handle_error(claim_, [op], error, result)
@@ -312,8 +334,11 @@ class Deliverer:
 
 
 def _fits_batch(op: Operation) -> bool:
-    """Whether ``op`` may go through ``/api/v2/batch``: within the 32 KB item limit, and a
-    batch of it alone within ``BATCH_MAX_BYTES``; otherwise it goes alone through v1."""
+    """Whether ``op`` may go through ``/api/v2/batch``: not an anonymous event (those go
+    through ``POST /api/v1/events`` only), within the 32 KB item limit, and a batch of it
+    alone within ``BATCH_MAX_BYTES``; otherwise it goes alone through v1."""
+    if not batchable(op.kind):
+        return False
     item_bytes = batch_item_bytes(op.kind, op.customer_id, op.payload)  # type: ignore[arg-type]
     return item_bytes <= min(
         MAX_BATCH_ITEM_BYTES, app_settings.BATCH_MAX_BYTES - BATCH_FRAMING_BYTES
