@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from django.db import models
 from django.db.models import Case, Exists, F, OuterRef, Q, Value, When
-from django.db.models.functions import Cast, Coalesce, Concat
+from django.db.models.functions import Cast, Coalesce, Concat, Replace
 
 if TYPE_CHECKING:
     from django_cio_reliable.models import Operation  # noqa: F401 (the QuerySet's model)
@@ -245,12 +245,14 @@ class OperationQuerySet(models.QuerySet["Operation"]):
             self.filter(status__in=WAITING, next_attempt_at__lt=until).update(next_attempt_at=until)
         )
 
-    def forget(self, now: datetime) -> tuple[int, int, int, datetime | None]:
+    def forget(self, now: datetime, person: str = "") -> tuple[int, int, int, datetime | None]:
         """End every operation of these rows and erase their payloads (``forget``).
 
         Open ones become ``dead`` as :data:`FORGOTTEN` with their lease revoked (a worker
         holding one changes nothing afterwards); delivered and dead ones keep their row
-        without the payload. Every row loses its customer id and idempotency key too.
+        without the payload. Every row loses its customer id and idempotency key too, and
+        ``person`` (the customer id) is cut out of the error texts a server may have echoed it
+        into.
 
         Returns:
             ``(cancelled, in_flight, erased, lease_end)``: waiting operations ended, operations
@@ -281,6 +283,10 @@ class OperationQuerySet(models.QuerySet["Operation"]):
                 payload_erased_at=Coalesce(
                     "payload_erased_at", Value(now), output_field=models.DateTimeField()
                 ),
+                # A server's error text may echo the person's id: cut it out, keep the reason.
+                last_error=Replace("last_error", Value(person), Value("[redacted]"))
+                if person
+                else F("last_error"),
             )
         )
         return cancelled, in_flight, erased, lease_end

@@ -108,7 +108,7 @@ def forget(customer_id: str | int, *, send_delete: bool = False) -> ForgetResult
     with transaction.atomic(using=using):
         result.cancelled, result.in_flight, result.erased, lease_end = operations.filter(
             _person(cid)
-        ).forget(now)
+        ).forget(now, cid)
         key_rows = IdempotencyKey.objects.using(using).filter(
             person_key__in=[f"c:{cid}", f"a:{cid}"]
         )
