@@ -39,3 +39,15 @@ def fake_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock()
     monkeypatch.setattr(clock, "now", fake.now)
     return fake
+
+
+@pytest.fixture
+def no_kick(
+    fake_cio: FakeCustomerIO, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> FakeCustomerIO:
+    """Operations are stored and wait for the test to drain them (no task kick, no thread)."""
+    from django_cio_reliable import dispatch
+
+    settings.CIO_RELIABLE = {**settings.CIO_RELIABLE, "DISPATCH": "task", "KICK_DEBOUNCE": 3600}
+    monkeypatch.setattr(dispatch.kicker, "_send", lambda: None)
+    return fake_cio

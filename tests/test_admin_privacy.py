@@ -234,8 +234,7 @@ def test_shipped_search_and_ordering_never_reach_the_payload(
     (so nobody, with or without ``view_payload``, searches or orders by payload values)."""
     model_admin = admin.site.get_model_admin(model)
     codenames = ["view_operation", "view_deadletter"] + (["view_payload"] if payload else [])
-    request = rf.get("/")
-    request.user = make_user(django_user_model, *codenames)
+    request = get_as(rf, make_user(django_user_model, *codenames))
     assert not [f for f in model_admin.get_search_fields(request) if "payload" in f]
     changelist = model_admin.get_changelist_instance(request)
     for name in changelist.list_display:
@@ -277,6 +276,13 @@ def listed(model_admin: Any, request: Any) -> list[int]:
     return [op.pk for op in model_admin.get_changelist_instance(request).result_list]
 
 
+def get_as(rf: RequestFactory, user: Any, query: dict[str, str] | None = None) -> Any:
+    """A GET request of ``user`` (for calling admin methods and views directly)."""
+    request = rf.get("/", query or {})
+    request.user = user
+    return request
+
+
 @pytest.fixture
 def alice_and_zoe() -> list[Operation]:
     return [store("cust-a", email=ALICE), store("cust-z", email=ZOE)]
@@ -296,12 +302,9 @@ def test_payload_search_fields_need_view_payload(
     user = make_user(django_user_model, *codenames)
 
     def search(term: str) -> list[int]:
-        request = rf.get("/", {"q": term})
-        request.user = user
-        return listed(model_admin, request)
+        return listed(model_admin, get_as(rf, user, {"q": term}))
 
-    request = rf.get("/")
-    request.user = user
+    request = get_as(rf, user)
     fields = list(model_admin.get_search_fields(request))
     if allowed:
         assert fields == list(PayloadColumnsAdmin.search_fields)
@@ -333,9 +336,7 @@ def test_payload_search_in_the_autocomplete_needs_view_payload(
             "model_name": "idempotencykey",
             "field_name": "operation",
         }
-        request = rf.get("/", query)
-        request.user = user
-        response = private_site.autocomplete_view(request)
+        response = private_site.autocomplete_view(get_as(rf, user, query))
         assert response.status_code == 200
         return [row["id"] for row in json.loads(response.content)["results"]]
 
@@ -366,12 +367,9 @@ def test_payload_ordered_columns_need_view_payload(
     index = PayloadColumnsAdmin.list_display.index(column)
 
     def ordered(order: str) -> list[int]:
-        request = rf.get("/", {"o": order})
-        request.user = user
-        return listed(model_admin, request)
+        return listed(model_admin, get_as(rf, user, {"o": order}))
 
-    request = rf.get("/")
-    request.user = user
+    request = get_as(rf, user)
     sortable = list(model_admin.get_sortable_by(request))
     if allowed:
         assert column in sortable
@@ -398,8 +396,7 @@ def test_payload_list_filters_need_view_payload(
     """A list filter on the payload would list its values: without the permission it is gone."""
     model_admin = private_site.get_model_admin(Operation)
     codenames = ("view_operation", "view_payload") if allowed else ("view_operation",)
-    request = rf.get("/")
-    request.user = make_user(django_user_model, *codenames)
+    request = get_as(rf, make_user(django_user_model, *codenames))
     filters = list(model_admin.get_list_filter(request))
     specs = model_admin.get_changelist_instance(request).filter_specs
     paths = [getattr(spec, "field_path", None) for spec in specs]

@@ -17,7 +17,7 @@ import pytest
 from django.db import connection, connections, transaction
 
 import django_cio_reliable as cio
-from django_cio_reliable import dispatch, hooks, outbox
+from django_cio_reliable import hooks, outbox
 from django_cio_reliable.exceptions import IdempotencyConflict, InvalidOperation
 from django_cio_reliable.models import IdempotencyKey, Operation
 from django_cio_reliable.testing import FakeCustomerIO
@@ -26,16 +26,6 @@ from tests.hookapp.models import Customer
 from tests.test_concurrency import postgres_only
 
 NUL = "a\x00b"
-
-
-@pytest.fixture
-def no_kick(
-    fake_cio: FakeCustomerIO, settings: Any, monkeypatch: pytest.MonkeyPatch
-) -> FakeCustomerIO:
-    """Operations are stored and left for :func:`drain` (no task, no thread)."""
-    settings.CIO_RELIABLE = {**settings.CIO_RELIABLE, "DISPATCH": "task", "KICK_DEBOUNCE": 3600}
-    monkeypatch.setattr(dispatch.kicker, "_send", lambda: None)
-    return fake_cio
 
 
 def drain() -> outbox.DrainResult:

@@ -26,17 +26,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 Status = Operation.Status
 
 
-@pytest.fixture
-def no_kick(
-    fake_cio: FakeCustomerIO, settings: Any, monkeypatch: pytest.MonkeyPatch
-) -> FakeCustomerIO:
-    settings.CIO_RELIABLE = {**settings.CIO_RELIABLE, "DISPATCH": "task", "KICK_DEBOUNCE": 3600}
-    from django_cio_reliable import dispatch
-
-    monkeypatch.setattr(dispatch.kicker, "_send", lambda: None)
-    return fake_cio
-
-
 def drain() -> outbox.DrainResult:
     return outbox.drain(max_seconds=30, sleep=lambda s: None)
 
