@@ -74,14 +74,17 @@ def identify(
     Args:
         customer_id: The person's id (at most 150 bytes).
         attributes: Attributes to set (at most 300; names up to 150 bytes, values up to 1000).
-        idempotency_key: One operation per key within ``IDEMPOTENCY_TTL``; ``DERIVE`` derives
-            it from the content and a 5-minute window.
+        idempotency_key: One operation per key, person and kind within ``IDEMPOTENCY_TTL``;
+            ``DERIVE`` derives it from the content and a 5-minute window.
 
     Returns:
         The stored :class:`~django_cio_reliable.models.Operation`.
 
     Raises:
         InvalidOperation: The input breaks a Customer.io limit; nothing was stored.
+        IdempotencyConflict: With a key, inside a ``REPEATABLE READ`` transaction that
+            cannot see the operation a concurrent transaction stored under it; retry the
+            transaction.
     """
     cid = validation.customer_id(customer_id)
     attrs = validation.attributes(attributes)
@@ -105,8 +108,8 @@ def track(
         customer_id: The person's id (at most 150 bytes).
         name: The event name (at most 100 bytes).
         data: Event data (at most 100,000 bytes as JSON).
-        idempotency_key: One operation per key within ``IDEMPOTENCY_TTL``; ``DERIVE`` derives
-            it from the content and a 5-minute window.
+        idempotency_key: One operation per key, person and kind within ``IDEMPOTENCY_TTL``;
+            ``DERIVE`` derives it from the content and a 5-minute window.
         timestamp: When the event happened (Unix seconds or a datetime); default: now, the
             time of this call (not of the delivery, which may be much later). Customer.io
             records the event at this time; an event more than 72 hours old when it arrives
@@ -117,6 +120,9 @@ def track(
 
     Raises:
         InvalidOperation: The input breaks a Customer.io limit; nothing was stored.
+        IdempotencyConflict: With a key, inside a ``REPEATABLE READ`` transaction that
+            cannot see the operation a concurrent transaction stored under it; retry the
+            transaction.
     """
     cid = validation.customer_id(customer_id)
     event = validation.event_name(name)
@@ -149,6 +155,9 @@ def track_anonymous(
 
     Raises:
         InvalidOperation: The input breaks a Customer.io limit; nothing was stored.
+        IdempotencyConflict: With a key, inside a ``REPEATABLE READ`` transaction that
+            cannot see the operation a concurrent transaction stored under it; retry the
+            transaction.
     """
     aid = validation.customer_id(anonymous_id, field="anonymous_id")
     event = validation.event_name(name)
@@ -173,6 +182,9 @@ def delete(customer_id: str | int, *, idempotency_key: str | _Derive | None = No
 
     Raises:
         InvalidOperation: The customer id is empty or too long; nothing was stored.
+        IdempotencyConflict: With a key, inside a ``REPEATABLE READ`` transaction that
+            cannot see the operation a concurrent transaction stored under it; retry the
+            transaction.
     """
     cid = validation.customer_id(customer_id)
     return _store("delete", cid, {}, idempotency_key=idempotency_key)

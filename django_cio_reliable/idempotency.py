@@ -1,8 +1,9 @@
 """Idempotency keys and event ids.
 
-- An explicit ``idempotency_key`` yields one operation per key within ``IDEMPOTENCY_TTL``: the
-  key is reserved by a unique :class:`~django_cio_reliable.models.IdempotencyKey` row inserted in
-  the same transaction as the operation, so two processes racing with one key get one operation.
+- An explicit ``idempotency_key`` yields one operation per key, person and kind within
+  ``IDEMPOTENCY_TTL`` (:func:`scope_key`): the scoped key is reserved by a unique
+  :class:`~django_cio_reliable.models.IdempotencyKey` row inserted in the same transaction as
+  the operation, so two processes racing with one key get one operation.
 - A ``cachetools`` TTL cache answers repeats in-process without a query. It is filled only after
   the reserving transaction commits, so a rolled-back operation is never answered from it.
 - Content-derived keys are opt-in (:data:`DERIVE`): two identical ``page_viewed`` events are

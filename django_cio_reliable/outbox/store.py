@@ -152,7 +152,8 @@ def enqueue(
     """Store one validated operation in the current transaction and return it.
 
     With ``idempotency_key``, the first call within ``IDEMPOTENCY_TTL`` stores the operation and
-    every later call returns that same operation without storing anything.
+    every later call for the same kind and person returns that same operation without storing
+    anything (keys are scoped: another person's or another kind's is another key).
     """
     return enqueue_ex(
         kind,
