@@ -51,3 +51,20 @@ def no_kick(
     settings.CIO_RELIABLE = {**settings.CIO_RELIABLE, "DISPATCH": "task", "KICK_DEBOUNCE": 3600}
     monkeypatch.setattr(dispatch.kicker, "_send", lambda: None)
     return fake_cio
+
+
+@pytest.fixture
+def direct(no_kick: FakeCustomerIO, settings: Any) -> Iterator[FakeCustomerIO]:
+    """Direct delivery, one operation a request, no automatic kick: tests drain what is left."""
+    from django_cio_reliable import breaker
+
+    settings.CIO_RELIABLE = {
+        **settings.CIO_RELIABLE,
+        "DELIVERY": "direct",
+        "RATE_LIMIT": 10_000,
+        "DIRECT_ATTEMPTS": 2,
+        "BATCH": False,
+    }
+    breaker.reset()
+    yield no_kick
+    breaker.reset()

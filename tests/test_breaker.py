@@ -49,23 +49,10 @@ def _fresh_breaker() -> Iterator[None]:
 
 
 @pytest.fixture
-def server(fake_cio: FakeCustomerIO, settings: Any) -> Iterator[FakeCustomerIO]:
+def server(no_kick: FakeCustomerIO, settings: Any) -> FakeCustomerIO:
     """Outbox delivery, one operation a request, no automatic dispatch: tests drain."""
-    settings.CIO_RELIABLE = {
-        **settings.CIO_RELIABLE,
-        "DISPATCH": "task",
-        "KICK_DEBOUNCE": 3600,
-        "RATE_LIMIT": 10_000,
-        "BATCH": False,
-    }
-    from django_cio_reliable import dispatch
-
-    original = dispatch.kicker._send
-    dispatch.kicker._send = lambda: None  # type: ignore[method-assign]
-    try:
-        yield fake_cio
-    finally:
-        dispatch.kicker._send = original  # type: ignore[method-assign]
+    settings.CIO_RELIABLE = {**settings.CIO_RELIABLE, "RATE_LIMIT": 10_000, "BATCH": False}
+    return no_kick
 
 
 def drain(**kwargs: Any) -> outbox.DrainResult:

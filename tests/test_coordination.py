@@ -29,14 +29,14 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from django.db import connection, transaction
 
 import django_cio_reliable as cio
-from django_cio_reliable import breaker, dispatch, metrics, outbox
+from django_cio_reliable import breaker, metrics, outbox
 from django_cio_reliable.conf import app_settings
 from django_cio_reliable.models import BreakerState, DeliveryState, Operation
 from django_cio_reliable.testing import FakeCustomerIO
@@ -63,27 +63,11 @@ MAX_WAIT = 1.5
 
 
 @pytest.fixture
-def direct(fake_cio: FakeCustomerIO, settings: Any) -> Iterator[FakeCustomerIO]:
-    """Direct delivery with a breaker cache that expires between calls; no dispatch kick."""
-    settings.CIO_RELIABLE = {
-        **settings.CIO_RELIABLE,
-        "DELIVERY": "direct",
-        "DISPATCH": "task",
-        "KICK_DEBOUNCE": 3600,
-        "RATE_LIMIT": 10_000,
-        "DIRECT_ATTEMPTS": 2,
-        "BATCH": False,
-        # Every call past the first reads (and merges into) the shared breaker row.
-        "BREAKER_CACHE_SECONDS": 0.05,
-    }
-    breaker.reset()
-    original = dispatch.kicker._send
-    dispatch.kicker._send = lambda: None  # type: ignore[method-assign]
-    try:
-        yield fake_cio
-    finally:
-        dispatch.kicker._send = original  # type: ignore[method-assign]
-        breaker.reset()
+def direct(direct: FakeCustomerIO, settings: Any) -> FakeCustomerIO:
+    """The shared direct mode, with a breaker cache that expires between calls: every call
+    past the first reads (and merges into) the shared breaker row."""
+    settings.CIO_RELIABLE = {**settings.CIO_RELIABLE, "BREAKER_CACHE_SECONDS": 0.05}
+    return direct
 
 
 class Callers:

@@ -2,42 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from django.db import transaction
 
 import django_cio_reliable as cio
-from django_cio_reliable import breaker, clock, dispatch, outbox
+from django_cio_reliable import clock, outbox
 from django_cio_reliable.models import DeliveryState, Operation
 from django_cio_reliable.testing import FakeCustomerIO
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 Status = Operation.Status
-
-
-@pytest.fixture
-def direct(fake_cio: FakeCustomerIO, settings: Any) -> Iterator[FakeCustomerIO]:
-    """Direct delivery, no automatic dispatch kick: the tests drain explicitly."""
-    settings.CIO_RELIABLE = {
-        **settings.CIO_RELIABLE,
-        "DELIVERY": "direct",
-        "DISPATCH": "task",
-        "KICK_DEBOUNCE": 3600,
-        "RATE_LIMIT": 10_000,
-        "DIRECT_ATTEMPTS": 2,
-        "BATCH": False,
-    }
-    breaker.reset()
-    original = dispatch.kicker._send
-    dispatch.kicker._send = lambda: None  # type: ignore[method-assign]
-    try:
-        yield fake_cio
-    finally:
-        dispatch.kicker._send = original  # type: ignore[method-assign]
-        breaker.reset()
 
 
 def drain() -> outbox.DrainResult:

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import django_cio_reliable as cio
-from django_cio_reliable import dispatch, outbox
+from django_cio_reliable import outbox
 from django_cio_reliable.exceptions import DeliveryError, InvalidOperation
 from django_cio_reliable.models import DeliveryState, IdempotencyKey, Operation
 from django_cio_reliable.testing import FakeCustomerIO
@@ -48,16 +48,13 @@ FUZZ_HTTP = settings(
 
 
 @pytest.fixture
-def no_send(fake_cio: FakeCustomerIO, settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def no_send(no_kick: FakeCustomerIO, settings: Any) -> None:
     settings.CIO_RELIABLE = {
         **settings.CIO_RELIABLE,
-        "DISPATCH": "task",
-        "KICK_DEBOUNCE": 3600,
         "RATE_LIMIT": 100_000,
         "BREAKER_CONSECUTIVE_FAILURES": 0,
         "BREAKER_MINIMUM_CALLS": 100_000,
     }
-    monkeypatch.setattr(dispatch.kicker, "_send", lambda: None)
 
 
 # --------------------------------------------------------------------------- the public API

@@ -27,7 +27,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 import django_cio_reliable as cio
-from django_cio_reliable import checks, dispatch, hooks, outbox, signals
+from django_cio_reliable import checks, hooks, outbox, signals
 from django_cio_reliable.models import Operation
 from django_cio_reliable.testing import CapturedOperations, FakeCustomerIO, capture_operations
 from tests.hookapp.models import Customer, Order, Tag, VipCustomer
@@ -37,20 +37,10 @@ LONG_BIO = "b" * 1001  # over Customer.io's 1000-byte attribute value limit
 
 
 @pytest.fixture(autouse=True)
-def no_dispatch(fake_cio: FakeCustomerIO, settings: Any) -> Iterator[FakeCustomerIO]:
+def no_dispatch(no_kick: FakeCustomerIO, settings: Any) -> FakeCustomerIO:
     """Committed operations are stored, never delivered (and never sent off this machine)."""
-    settings.CIO_RELIABLE = {
-        **settings.CIO_RELIABLE,
-        "DISPATCH": "task",
-        "KICK_DEBOUNCE": 3600,
-        "RATE_LIMIT": 10_000,
-    }
-    original = dispatch.kicker._send
-    dispatch.kicker._send = lambda: None  # type: ignore[method-assign]
-    try:
-        yield fake_cio
-    finally:
-        dispatch.kicker._send = original  # type: ignore[method-assign]
+    settings.CIO_RELIABLE = {**settings.CIO_RELIABLE, "RATE_LIMIT": 10_000}
+    return no_kick
 
 
 @pytest.fixture(autouse=True)

@@ -25,7 +25,7 @@ from django.core.management import call_command
 from django.test import Client
 
 import django_cio_reliable as cio
-from django_cio_reliable import breaker, dispatch, outbox, signals
+from django_cio_reliable import breaker, outbox, signals
 from django_cio_reliable.conf import app_settings
 from django_cio_reliable.exceptions import DeliveryError
 from django_cio_reliable.models import Operation
@@ -55,22 +55,19 @@ def secret_server() -> Iterator[FakeCustomerIO]:
 @pytest.fixture
 def server(
     secret_server: FakeCustomerIO,
-    fake_cio: FakeCustomerIO,
+    no_kick: FakeCustomerIO,
     settings: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[FakeCustomerIO]:
     """``secret_server`` as the destination, the key only in the environment."""
     secret_server.reset()
     monkeypatch.setenv(KEY_ENV, KEY)
-    monkeypatch.setattr(dispatch.kicker, "_send", lambda: None)
     settings.CIO_RELIABLE = {
         **settings.CIO_RELIABLE,
         "SITE_ID": SITE_ID,
         "API_KEY": "",
         "API_KEY_ENV": KEY_ENV,
         "TRACK_URL": secret_server.url,
-        "DISPATCH": "task",
-        "KICK_DEBOUNCE": 3600,
         "RATE_LIMIT": 10_000,
         "BATCH": True,
         # Every fault reaches the transport: the breaker must not stop the run early.

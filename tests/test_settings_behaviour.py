@@ -60,22 +60,10 @@ def _fresh_breaker() -> Iterator[None]:
 
 
 @pytest.fixture
-def outbox_mode(fake_cio: FakeCustomerIO, settings: Any) -> Iterator[FakeCustomerIO]:
+def outbox_mode(no_kick: FakeCustomerIO, settings: Any) -> FakeCustomerIO:
     """Outbox delivery with no automatic dispatch: tests drain explicitly."""
-    settings.CIO_RELIABLE = {
-        **settings.CIO_RELIABLE,
-        "DISPATCH": "task",
-        "KICK_DEBOUNCE": 3600,
-        "RATE_LIMIT": 10_000,
-    }
-    from django_cio_reliable import dispatch
-
-    original = dispatch.kicker._send
-    dispatch.kicker._send = lambda: None  # type: ignore[method-assign]
-    try:
-        yield fake_cio
-    finally:
-        dispatch.kicker._send = original  # type: ignore[method-assign]
+    settings.CIO_RELIABLE = {**settings.CIO_RELIABLE, "RATE_LIMIT": 10_000}
+    return no_kick
 
 
 def configure(settings: Any, **values: Any) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 import django_cio_reliable as cio
-from django_cio_reliable import dispatch, outbox
+from django_cio_reliable import outbox
 from django_cio_reliable.exceptions import DeliveryError
 from django_cio_reliable.models import Operation
 from django_cio_reliable.testing import FakeCustomerIO
@@ -64,20 +64,15 @@ def over_fake(fake_cio: FakeCustomerIO) -> Iterator[Transport]:
 
 
 @pytest.fixture
-def outbox_mode(
-    fake_cio: FakeCustomerIO, settings: Any, monkeypatch: pytest.MonkeyPatch
-) -> FakeCustomerIO:
+def outbox_mode(no_kick: FakeCustomerIO, settings: Any) -> FakeCustomerIO:
     """Outbox delivery, no automatic dispatch (tests drain), a breaker that never opens."""
     settings.CIO_RELIABLE = {
         **settings.CIO_RELIABLE,
-        "DISPATCH": "task",
-        "KICK_DEBOUNCE": 3600,
         "RATE_LIMIT": 10_000,
         "BREAKER_CONSECUTIVE_FAILURES": 0,
         "BREAKER_MINIMUM_CALLS": 100_000,
     }
-    monkeypatch.setattr(dispatch.kicker, "_send", lambda: None)
-    return fake_cio
+    return no_kick
 
 
 def drain() -> outbox.DrainResult:
