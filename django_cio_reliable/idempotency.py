@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from cachetools import TTLCache
 
-from django_cio_reliable import conf
+from django_cio_reliable import conf, validation
 from django_cio_reliable.exceptions import InvalidOperation
 
 if TYPE_CHECKING:
@@ -85,25 +85,8 @@ def validate_key(value: object, *, field: str = "idempotency_key") -> str:
     value = str.__str__(value)
     if not value.strip():
         raise InvalidOperation(f"{field} must not be empty", field=field, limit="non-empty")
-    if "\x00" in value:
-        raise InvalidOperation(
-            f"{field} contains a NUL character (\\x00), which PostgreSQL cannot store; "
-            "it is refused on every database",
-            field=field,
-            limit="no NUL characters",
-            actual="NUL character",
-        )
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidOperation(
-                f"{field} is not valid Unicode text (it contains a lone surrogate) and cannot "
-                "be stored as UTF-8",
-                field=field,
-                limit="valid UTF-8",
-                actual="lone surrogate",
-            ) from None
+    # Stored as text like every other string: the same refusals (NUL, lone surrogates).
+    validation.json_safe(value, field=field)
     if len(value) > KEY_MAX_LENGTH:
         raise InvalidOperation(
             f"{field} is {len(value)} characters; the limit is {KEY_MAX_LENGTH}",
@@ -127,7 +110,7 @@ def scope_key(kind: str, person_key: str, key: str) -> str:
 
 def key_hash(key: str) -> str:
     """A short, stable hash of ``key`` to name it in messages and logs (never the key itself)."""
-    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
 
 
 def derive_key(

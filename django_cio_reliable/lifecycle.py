@@ -275,6 +275,9 @@ class OperationQuerySet(models.QuerySet["Operation"]):
             now, FORGOTTEN, payload_erased_at=now, **erase
         )
         in_flight = sending.kill(now, FORGOTTEN, payload_erased_at=now, **erase)
+        if person:
+            # A server's error text may echo the person's id: cut it out, keep the reason.
+            erase["last_error"] = Replace("last_error", Value(person), Value("[redacted]"))
         erased = (
             self.filter(status__in=(Status.DELIVERED, Status.DEAD))
             .exclude(last_error=FORGOTTEN, dead_at=now)
@@ -283,10 +286,6 @@ class OperationQuerySet(models.QuerySet["Operation"]):
                 payload_erased_at=Coalesce(
                     "payload_erased_at", Value(now), output_field=models.DateTimeField()
                 ),
-                # A server's error text may echo the person's id: cut it out, keep the reason.
-                last_error=Replace("last_error", Value(person), Value("[redacted]"))
-                if person
-                else F("last_error"),
             )
         )
         return cancelled, in_flight, erased, lease_end
